@@ -1,0 +1,1 @@
+"""Reference Matrix homeserver core built on logcontext."""
