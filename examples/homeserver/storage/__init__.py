@@ -1,0 +1,1 @@
+"""Storage for the reference homeserver, on :class:`logcontext.db.DatabasePool`."""
