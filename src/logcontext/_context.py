@@ -1,0 +1,519 @@
+"""Logging contexts: the current one, entering and leaving, usage roll-up (spec §1)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import string
+import threading
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
+
+from . import _hooks, _ledger
+from . import clock as _clock
+from ._config import config
+from ._misuse import report
+from ._sentinel import SENTINEL_CONTEXT, _Sentinel
+from ._usage import ContextResourceUsage
+
+if TYPE_CHECKING:
+    from typing import Self
+
+__all__ = [
+    "SENTINEL_CONTEXT",
+    "ContextRequest",
+    "LoggingContext",
+    "LoggingContextOrSentinel",
+    "PreserveLoggingContext",
+    "current_context",
+    "nested_logging_context",
+    "set_current_context",
+]
+
+LoggingContextOrSentinel: TypeAlias = "LoggingContext | _Sentinel"
+
+_current: Final[ContextVar[LoggingContextOrSentinel]] = ContextVar("logcontext", default=SENTINEL_CONTEXT)
+_var_get: Final = _current.get
+_var_set: Final = _current.set
+_var_reset: Final = _current.reset
+
+#: One process-wide lock guards every addition to a context and its ancestors.
+_usage_lock = threading.Lock()
+
+_dbg: Final = logging.getLogger("logcontext.debug")
+_ID_CHARS: Final = string.ascii_lowercase + string.digits
+
+
+def current_context() -> LoggingContextOrSentinel:
+    """The logging context current in this task or thread (the sentinel if none)."""
+    return _var_get()
+
+
+@dataclass(slots=True)
+class ContextRequest:
+    """Plain data copied from an HTTP request, shared by its context and children."""
+
+    request_id: str
+    ip_address: str
+    site_tag: str
+    method: str
+    url: str
+    protocol: str
+    user_agent: str
+    requester: str | None = None
+    authenticated_entity: str | None = None
+
+
+def _debug_enabled() -> bool:
+    return bool(_dbg.level) and _dbg.isEnabledFor(logging.DEBUG)
+
+
+def _debug_id(ctx: object) -> str:
+    if not ctx:
+        return "-----"
+    ident: str | None = getattr(ctx, "_dbg_id", None)
+    if ident is None:
+        ident = "".join(random.choices(_ID_CHARS, k=5))
+        ctx._dbg_id = ident  # type: ignore[attr-defined]
+    return ident
+
+
+def _trace(event: str, ctx: object, other: object) -> None:
+    _dbg.debug("%s %s[%s] (from/to %s[%s])", event, ctx, _debug_id(ctx), other, _debug_id(other))
+
+
+class LoggingContext:
+    """A unit of work: tags log lines and accounts the resources it uses.
+
+    Entering makes it the current context of this task or thread; leaving
+    restores the previous one with the ``ContextVar`` token. Every increment
+    of usage (CPU at each checkpoint, database and event counters at each
+    ``record_*``) is added to the context **and all its ancestors** at once,
+    so a parent's figures include a running child's work.
+
+    >>> with LoggingContext("request-1") as ctx:
+    ...     ctx.record_db_txn(0.002)
+    >>> ctx.get_resource_usage().db_txn_count
+    1
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_ancestors",
+        "_dbg_id",
+        "_reported",
+        "_token",
+        "_tokens",
+        "_usage",
+        "end_span_on_exit",
+        "finished",
+        "late_usage",
+        "name",
+        "parent_context",
+        "request",
+        "server_name",
+        "span",
+        "tag",
+    )
+
+    name: str
+    server_name: str
+    parent_context: LoggingContext | None
+    request: ContextRequest | None
+    tag: str
+    finished: bool
+    span: Any
+    end_span_on_exit: bool
+    late_usage: ContextResourceUsage | None
+    _ancestors: tuple[LoggingContext, ...]
+    _token: Token[LoggingContextOrSentinel] | None
+    _usage: ContextResourceUsage
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        parent_context: LoggingContextOrSentinel | None = None,
+        server_name: str | None = None,
+        request: ContextRequest | None = None,
+        tag: str = "",
+    ) -> None:
+        if type(name) is not str and not isinstance(name, str):
+            raise TypeError(f"LoggingContext name must be a str, not {type(name).__name__}")
+        if not name:
+            raise ValueError("LoggingContext name must be a non-empty str")
+        self.name = name
+        if parent_context:
+            if not isinstance(parent_context, LoggingContext):
+                raise TypeError(
+                    f"parent_context must be a LoggingContext or None, not {type(parent_context).__name__}"
+                )
+            self.parent_context = parent_context
+            self._ancestors = (parent_context, *parent_context._ancestors)
+            if server_name is None:
+                server_name = parent_context.server_name
+            if request is None:
+                request = parent_context.request
+        else:
+            self.parent_context = None
+            self._ancestors = ()
+        self.server_name = server_name if server_name is not None else config.default_server_name
+        self.request = request
+        self.tag = tag
+        self.finished = False
+        self.span = None
+        self.end_span_on_exit = False
+        self.late_usage = None
+        self._usage = ContextResourceUsage()
+        self._token = None
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"<LoggingContext {self.name!r}{' finished' if self.finished else ''}>"
+
+    # -- entering and leaving -------------------------------------------------
+
+    def __enter__(self) -> Self:
+        if self.finished:
+            report(
+                "restart-finished",
+                f"entering context {self.name!r} again after its block exited",
+                context=self,
+            )
+        if self._token is not None:
+            report(
+                "reenter-active",
+                f"context {self.name!r} entered while already active",
+                context=self,
+            )
+            stack: list[Token[LoggingContextOrSentinel]] | None = getattr(self, "_tokens", None)
+            if stack is None:
+                self._tokens = stack = []
+            stack.append(self._token)
+        self._token = _var_set(self)
+        if _clock._metering:
+            _ledger.checkpoint(self)
+        if _dbg.level and _debug_enabled():
+            _trace("enter", self, None)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc: BaseException | None = None,
+        tb: TracebackType | None = None,
+    ) -> None:
+        token = self._token
+        if token is None:
+            report("double-exit", f"context {self.name!r} exited more times than entered", context=self)
+            return
+        stack: list[Token[LoggingContextOrSentinel]] | None = getattr(self, "_tokens", None)
+        self._token = stack.pop() if stack else None
+        found = _var_get()
+        try:
+            _var_reset(token)
+        except ValueError:
+            # The token belongs to another Context: a collected or foreign-closed
+            # coroutine is closing in whatever Context is ambient. Leave the
+            # variable alone (a plain set would leak this context) and no ledger.
+            self.finished = True
+            report(
+                "foreign-exit",
+                f"context {self.name!r} exited in a different contextvars.Context (left as is)",
+                context=self,
+                level=logging.DEBUG,
+                can_raise=False,
+            )
+            return
+        except RuntimeError:
+            report("double-exit", f"context {self.name!r} exited twice", context=self)
+            return
+        restored = _var_get()
+        if _clock._metering:
+            _ledger.checkpoint(restored)
+        self.finished = True
+        if self.span is not None and self.end_span_on_exit and _hooks.span_ender is not None:
+            _hooks.span_ender(self)
+        if _dbg.level and _debug_enabled():
+            _trace("exit", self, restored)
+        if found is not self:
+            report(
+                "exit-mismatch",
+                f"expected {self.name} but found {found} when leaving {self.name}",
+                context=self,
+            )
+
+    # -- the symmetric halves of a switch ------------------------------------
+
+    def start(self, reading: _clock.ClockReading | None) -> None:
+        """Make this the context charged on the calling thread from ``reading``."""
+        led = _ledger.get_ledger()
+        if led.charged is self:
+            return
+        if led.charged is not SENTINEL_CONTEXT:
+            report(
+                "start-while-charged",
+                f"start({self.name}) while {led.charged} is charged on this thread",
+                context=self,
+            )
+            led.charged.stop(reading)
+        elif reading is not None:
+            self._book_unattributed(led, reading)
+        led.charged = self
+        if reading is not None:
+            led.last_u, led.last_s = reading
+            led.mode_generation = _clock._generation
+
+    @staticmethod
+    def _book_unattributed(led: _ledger.Ledger, reading: _clock.ClockReading) -> None:
+        if led.mode_generation == _clock._generation:
+            led.unattributed_ns += max(reading[0] - led.last_u, 0) + max(reading[1] - led.last_s, 0)
+
+    def stop(self, reading: _clock.ClockReading | None) -> None:
+        """Charge the CPU since the last switch to this context and every parent."""
+        led = _ledger.get_ledger()
+        if led.charged is not self:
+            report(
+                "stop-not-charged",
+                f"stop({self.name}) but this thread is charging {led.charged}",
+                context=self,
+            )
+            return
+        if reading is not None and led.mode_generation == _clock._generation:
+            du = reading[0] - led.last_u
+            ds = reading[1] - led.last_s
+            if du < 0 or ds < 0:
+                du, ds = _ledger._regression(du, ds)
+            led.attributed_ns += du + ds
+            self._charge_ns(du, ds)
+        if reading is not None:
+            led.last_u, led.last_s = reading
+            led.mode_generation = _clock._generation
+        led.charged = SENTINEL_CONTEXT
+
+    # -- recording -------------------------------------------------------------
+
+    def _charge_ns(self, du: int, ds: int) -> None:
+        """Add CPU nanoseconds to this context and every ancestor (ledger path)."""
+        ut = du * 1e-9
+        st = ds * 1e-9
+        late = None
+        with _usage_lock:
+            u = self._usage
+            u.ru_utime += ut
+            u.ru_stime += st
+            if self.finished:
+                late = [self]
+            for c in self._ancestors:
+                u = c._usage
+                u.ru_utime += ut
+                u.ru_stime += st
+                if c.finished:
+                    late = [c] if late is None else [*late, c]
+        if late is not None:
+            _ledger.stats.late_cpu_ns += du + ds
+            self._late(late, ut, st, 0, 0.0, 0.0, 0)
+
+    def _add(self, ut: float, st: float, txn: int, txn_s: float, sched_s: float, evts: int) -> None:
+        late = None
+        with _usage_lock:
+            for c in (self, *self._ancestors):
+                u = c._usage
+                u.ru_utime += ut
+                u.ru_stime += st
+                u.db_txn_count += txn
+                u.db_txn_duration_sec += txn_s
+                u.db_sched_duration_sec += sched_s
+                u.evt_db_fetch_count += evts
+                if c.finished:
+                    late = [c] if late is None else [*late, c]
+        if late is not None:
+            if ut or st:
+                _ledger.stats.late_cpu_ns += int((ut + st) * 1e9)
+            self._late(late, ut, st, txn, txn_s, sched_s, evts)
+
+    @staticmethod
+    def _late(
+        ctxs: list[LoggingContext],
+        ut: float,
+        st: float,
+        txn: int,
+        txn_s: float,
+        sched_s: float,
+        evts: int,
+    ) -> None:
+        with _usage_lock:
+            for c in ctxs:
+                lu = c.late_usage
+                if lu is None:
+                    c.late_usage = lu = ContextResourceUsage()
+                lu.ru_utime += ut
+                lu.ru_stime += st
+                lu.db_txn_count += txn
+                lu.db_txn_duration_sec += txn_s
+                lu.db_sched_duration_sec += sched_s
+                lu.evt_db_fetch_count += evts
+        for c in ctxs:
+            report(
+                "late-usage",
+                f"usage recorded on context {c.name!r} after its block exited "
+                "(still counted; see late_usage)",
+                context=c,
+                can_raise=False,
+            )
+
+    def add_cputime(self, utime: float, stime: float = 0.0) -> None:
+        """Add CPU seconds (user, system) to this context and its ancestors."""
+        if utime < 0 or stime < 0:
+            raise ValueError(f"add_cputime needs non-negative times, got ({utime}, {stime})")
+        self._add(float(utime), float(stime), 0, 0.0, 0.0, 0)
+
+    def record_db_txn(self, duration_sec: float) -> None:
+        """Count one finished database transaction that took ``duration_sec``."""
+        if duration_sec < 0:
+            raise ValueError(f"record_db_txn needs a non-negative duration, got {duration_sec}")
+        self._add(0.0, 0.0, 1, float(duration_sec), 0.0, 0)
+
+    def record_db_scheduled(self, sched_sec: float) -> None:
+        """Add time spent waiting for a pooled database connection."""
+        if sched_sec < 0:
+            raise ValueError(f"record_db_scheduled needs a non-negative time, got {sched_sec}")
+        self._add(0.0, 0.0, 0, 0.0, float(sched_sec), 0)
+
+    def record_event_fetch(self, count: int) -> None:
+        """Count ``count`` events loaded from the database (cache hits excluded)."""
+        if count < 0:
+            raise ValueError(f"record_event_fetch needs a non-negative count, got {count}")
+        self._add(0.0, 0.0, 0, 0.0, 0.0, int(count))
+
+    add_database_transaction = record_db_txn
+    add_database_scheduled = record_db_scheduled
+
+    def get_resource_usage(self) -> ContextResourceUsage:
+        """A copy of the inclusive totals, plus this thread's slice in progress."""
+        with _usage_lock:
+            res = ContextResourceUsage(self._usage)
+        if _clock._metering:
+            sl = _ledger.in_progress(self)
+            if sl is not None:
+                res.ru_utime += sl[0] * 1e-9
+                res.ru_stime += sl[1] * 1e-9
+        return res
+
+
+def set_current_context(context: LoggingContextOrSentinel) -> LoggingContextOrSentinel:
+    """Make ``context`` current without a token; return the previous one.
+
+    Prefer the ``with`` forms: in Twisted code outside coroutines a bare set
+    leaks into later reactor callbacks.
+    """
+    if context is None:
+        raise TypeError("set_current_context(None): pass SENTINEL_CONTEXT for 'no context'")
+    if not isinstance(context, (LoggingContext, _Sentinel)):
+        raise TypeError(f"set_current_context needs a LoggingContext, not {type(context).__name__}")
+    previous = _var_get()
+    _var_set(context)
+    if _clock._metering:
+        _ledger.checkpoint(context)
+    if _dbg.level and _debug_enabled():
+        _trace("switch", context, previous)
+    return previous
+
+
+class PreserveLoggingContext:
+    """Run a block with ``new_context`` current (the sentinel by default).
+
+    It re-activates a context without ending it: nothing is marked finished.
+
+    >>> with PreserveLoggingContext():
+    ...     assert not current_context()
+    """
+
+    __slots__ = ("_new", "_token")
+
+    def __init__(self, new_context: LoggingContextOrSentinel = SENTINEL_CONTEXT) -> None:
+        if new_context is None:
+            raise TypeError("PreserveLoggingContext(None): pass SENTINEL_CONTEXT for 'no context'")
+        self._new = new_context
+        self._token: Token[LoggingContextOrSentinel] | None = None
+
+    def __enter__(self) -> None:
+        self._token = _var_set(self._new)
+        if _clock._metering:
+            _ledger.checkpoint(self._new)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc: BaseException | None = None,
+        tb: TracebackType | None = None,
+    ) -> None:
+        token = self._token
+        if token is None:
+            report(
+                "double-exit",
+                "PreserveLoggingContext exited without a matching enter",
+                site="preserve",
+            )
+            return
+        self._token = None
+        found = _var_get()
+        try:
+            _var_reset(token)
+        except ValueError:
+            report(
+                "foreign-exit",
+                "PreserveLoggingContext exited in a different contextvars.Context (left as is)",
+                context=self._new if self._new else None,
+                site="preserve",
+                level=logging.DEBUG,
+                can_raise=False,
+            )
+            return
+        if _clock._metering:
+            _ledger.checkpoint(_var_get())
+        if found is not self._new:
+            report(
+                "exit-mismatch",
+                f"expected {self._new} but found {found} when leaving PreserveLoggingContext",
+                context=self._new if self._new else None,
+                site="preserve",
+            )
+
+
+def nested_logging_context(suffix: str) -> LoggingContext:
+    """A new, not entered, child of the current context named ``f"{parent}-{suffix}"``."""
+    parent = _var_get()
+    if not parent:
+        report(
+            "sentinel-usage",
+            f"nested_logging_context({suffix!r}) called outside any context; usage will not roll up",
+            site=f"nested_logging_context:{suffix}",
+        )
+        return LoggingContext(f"sentinel-{suffix}")
+    assert isinstance(parent, LoggingContext)
+    return LoggingContext(f"{parent.name}-{suffix}", parent_context=parent)
+
+
+def _before_fork() -> None:
+    _usage_lock.acquire()
+
+
+def _after_fork_parent() -> None:
+    _usage_lock.release()
+
+
+def _after_fork_child() -> None:
+    global _usage_lock
+    _usage_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_before_fork, after_in_parent=_after_fork_parent, after_in_child=_after_fork_child
+    )
