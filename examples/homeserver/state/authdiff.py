@@ -1,0 +1,264 @@
+"""Auth-chain difference (spec §4): the definition, the multi-source walk, the v2.1 subgraph.
+
+``nodes`` maps an event ID to ``(auth_rank, auth_event_ids)`` or ``None`` for an unknown event.
+A lookup that raises ``KeyError`` means "not fetched yet": the walk raises `NeedNodes` *before*
+changing any state, so the caller can fetch and call `AuthDifferenceWalk.run` again.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import Optional
+
+__all__ = [
+    "AuthDifferenceWalk",
+    "Node",
+    "NeedNodes",
+    "auth_difference",
+    "conflicted_subgraph",
+    "full_auth_difference",
+    "reach_closure",
+]
+
+Node = Optional[tuple[int, tuple[str, ...]]]
+NodeMap = Mapping[str, Node]
+
+
+class NeedNodes(Exception):
+    """The walk needs ``(rank, auth IDs)`` of these events before it can go on."""
+
+    def __init__(self, ids: Collection[str]):
+        super().__init__(f"{len(ids)} auth nodes needed")
+        self.ids = tuple(ids)
+
+
+def _node(nodes: NodeMap, eid: str, missing: list[str]) -> Node:
+    try:
+        return nodes[eid]
+    except KeyError:
+        missing.append(eid)
+        return None
+
+
+def reach_closure(roots: Iterable[str], nodes: NodeMap) -> set[str]:
+    """Ancestors-or-self of ``roots`` over auth edges (iterative)."""
+    seen: set[str] = set()
+    stack = [r for r in roots if r not in seen]
+    seen.update(stack)
+    while stack:
+        n = nodes.get(stack.pop())
+        if n is None:
+            continue
+        for a in n[1]:
+            if a not in seen:
+                seen.add(a)
+                stack.append(a)
+    return seen
+
+
+def full_auth_difference(state_sets: Sequence[Iterable[str]], nodes: NodeMap) -> set[str]:
+    """The definition: ``⋃ D_i − ⋂ D_i`` with ``D_i`` = input ``i``'s events and their chains."""
+    if not state_sets:
+        return set()
+    closures = [reach_closure(s, nodes) for s in state_sets]
+    union = set().union(*closures)
+    inter = set(closures[0]).intersection(*closures[1:])
+    return union - inter
+
+
+class AuthDifferenceWalk:
+    """The exact multi-source walk of spec §4.2 with the common-state skip of §4.3.
+
+    ``seeds`` maps each event in some but not all inputs to its input bit mask; ``common``
+    holds the events in every input. ``mode``: ``"lazy"`` expands ``common`` lazily in rank
+    order (default), ``"eager"`` pushes it all, ``"oracle"`` uses ``is_common`` — a test for
+    the closure of ``common`` (e.g. the chain-cover index) — and never expands ``common``.
+    """
+
+    def __init__(
+        self,
+        seeds: Mapping[str, int],
+        n_inputs: int,
+        common: Collection[str],
+        nodes: NodeMap,
+        *,
+        mode: str = "lazy",
+        is_common: Callable[[str], bool] | None = None,
+    ):
+        if mode not in ("lazy", "eager", "oracle"):
+            raise ValueError(f"unknown walk mode {mode!r}")
+        if mode == "oracle" and is_common is None:
+            raise ValueError("mode 'oracle' needs is_common")
+        self.full = (1 << n_inputs) - 1
+        self.seeds = seeds
+        self.common = common
+        self.nodes = nodes
+        self.mode = mode
+        self.is_common = is_common
+        self.mask: dict[str, int] = {}
+        self.heap: list[tuple[int, str]] = []
+        self.u_heap: list[tuple[int, str]] = []
+        self.pending = 0
+        self.started = False
+        self.pops = 0
+        self.common_expanded = 0
+        self.max_heap = 0
+
+    def _start(self) -> None:
+        nodes = self.nodes
+        missing: list[str] = []
+        ranks: dict[str, int] = {}
+        for e in self.seeds:
+            n = _node(nodes, e, missing)
+            ranks[e] = 0 if n is None else n[0]
+        if self.mode != "oracle":
+            for e in self.common:
+                n = _node(nodes, e, missing)
+                if n is not None:
+                    ranks[e] = n[0]
+        if missing:
+            raise NeedNodes(missing)
+        full = self.full
+        mask = self.mask
+        heap = self.heap
+        for e, m in self.seeds.items():
+            mask[e] = m
+            heap.append((-ranks[e], e))
+            if m != full:
+                self.pending += 1
+        if self.mode == "eager":
+            for e in self.common:
+                if e in ranks and e not in mask:
+                    mask[e] = full
+                    heap.append((-ranks[e], e))
+        elif self.mode == "lazy":
+            self.u_heap = [(-ranks[e], e) for e in self.common if e in ranks]
+            heapq.heapify(self.u_heap)
+        heapq.heapify(heap)
+        self.started = True
+
+    def run(self) -> set[str]:
+        """Walk until the frontiers converge; return the auth difference."""
+        if not self.started:
+            self._start()
+        full = self.full
+        mask = self.mask
+        heap = self.heap
+        u_heap = self.u_heap
+        nodes = self.nodes
+        common = self.common if self.mode == "lazy" else ()
+        is_common = self.is_common if self.mode == "oracle" else None
+        heappush, heappop = heapq.heappush, heapq.heappop
+        while self.pending > 0:
+            if len(heap) > self.max_heap:
+                self.max_heap = len(heap)
+            from_common = bool(u_heap) and (not heap or u_heap[0] < heap[0])
+            top = u_heap[0] if from_common else heap[0]
+            eid = top[1]
+            missing: list[str] = []
+            n = _node(nodes, eid, missing)
+            if missing:
+                raise NeedNodes(missing)
+            auth = () if n is None else n[1]
+            pnodes = [
+                None if a in mask or a in common else _node(nodes, a, missing) for a in auth
+            ]
+            if missing:
+                raise NeedNodes(missing)
+            # -- no failure past this point: pop and propagate --
+            if from_common:
+                heappop(u_heap)
+                self.common_expanded += 1
+                m = full
+            else:
+                heappop(heap)
+                self.pops += 1
+                m = mask[eid]
+                if m != full:
+                    self.pending -= 1
+            for a, pn in zip(auth, pnodes, strict=True):
+                if a in common:
+                    continue
+                old = mask.get(a)
+                if old is None:
+                    if is_common is not None and is_common(a):
+                        mask[a] = full
+                        continue
+                    mask[a] = m
+                    heappush(heap, (0 if pn is None else -pn[0], a))
+                    if m != full:
+                        self.pending += 1
+                elif old != full:
+                    new = old | m
+                    if new != old:
+                        mask[a] = new
+                        if new == full:
+                            self.pending -= 1
+        return {e for e, m in mask.items() if m != full}
+
+
+def auth_difference(
+    state_sets: Sequence[Collection[str]],
+    nodes: NodeMap,
+    *,
+    mode: str = "lazy",
+    is_common: Callable[[str], bool] | None = None,
+) -> set[str]:
+    """Auth difference of inputs given as event-ID collections (walk; equals the definition)."""
+    n = len(state_sets)
+    if n == 0:
+        return set()
+    seeds: dict[str, int] = {}
+    for i, s in enumerate(state_sets):
+        bit = 1 << i
+        for e in s:
+            seeds[e] = seeds.get(e, 0) | bit
+    full = (1 << n) - 1
+    common = {e for e, m in seeds.items() if m == full}
+    for e in common:
+        del seeds[e]
+    return AuthDifferenceWalk(seeds, n, common, nodes, mode=mode, is_common=is_common).run()
+
+
+def conflicted_subgraph(conflicted: Collection[str], nodes: NodeMap) -> set[str]:
+    """v2.1: events on an auth path between two conflicted events, endpoints included (§4.6).
+
+    Raises `NeedNodes` (without side effects) when an event's node must be fetched first.
+    """
+    missing: list[str] = []
+    ranks: dict[str, int] = {}
+    for e in conflicted:
+        n = _node(nodes, e, missing)
+        if n is not None:
+            ranks[e] = n[0]
+    if missing:
+        raise NeedNodes(missing)
+    if not ranks:
+        return set(conflicted)
+    low = min(ranks.values())
+    walked: dict[str, tuple[int, tuple[str, ...]]] = {}
+    stack = list(ranks)
+    seen = set(stack)
+    while stack:
+        e = stack.pop()
+        n = nodes[e]
+        assert n is not None
+        walked[e] = n
+        for a in n[1]:
+            if a in seen:
+                continue
+            an = _node(nodes, a, missing)
+            if missing:
+                raise NeedNodes(missing)
+            seen.add(a)
+            if an is not None and an[0] >= low:
+                stack.append(a)
+    marked = set(conflicted)
+    for e in sorted(walked, key=lambda x: walked[x][0]):
+        if e not in marked:
+            for a in walked[e][1]:
+                if a in marked:
+                    marked.add(e)
+                    break
+    return marked
