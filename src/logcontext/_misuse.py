@@ -151,15 +151,14 @@ def report(
     policy = config.misuse
     ctx_name = None if context is None else str(context)
     rep = MisuseReport(kind, message, ctx_name, site, level)
-    if _recorders and (policy != "raise" or not can_raise):
-        for rec in _recorders:
-            rec.append(rep)
     if policy == "ignore":
         return
     if policy == "raise" and can_raise:
         raise LogContextError(rep)
     if once and not _first_time(kind, context, site):
         return
+    if _recorders:
+        _recorders[-1].append(rep)  # the innermost strict() block owns it
     ok, suppressed = _rate_ok(kind)
     if suppressed and _hook is None:
         logger.warning("%d similar %r reports suppressed", suppressed, kind)
