@@ -1,0 +1,631 @@
+"""The replication command handler: reader state machine and writer streamer.
+
+Reader side (spec §2.2–§2.5): one FIFO queue per stream with exactly one
+consumer task; ``POSITION`` triggers catch-up from the stream's source between
+``cur`` and the announced position, retried until it succeeds or the
+connection closes; ``RDATA`` is applied only while the stream is synced on the
+connection it came from and only above ``cur``, one whole token at a time.
+
+Writer side (§2.6): the :class:`Streamer` turns generator advances into
+``RDATA`` token groups handed to every connection as one pre-encoded chunk,
+and ``REPLICATE`` is answered from ``last_token`` in the same loop step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from homeserver.replication import _instrument
+from homeserver.replication.metrics import Stats
+from homeserver.replication.protocol import (
+    MAX_LINE_BYTES,
+    Command,
+    NameCommand,
+    PositionCommand,
+    ProtocolError,
+    RdataCommand,
+    RemoteServerUpCommand,
+    ReplicateCommand,
+    UserIpCommand,
+)
+from homeserver.replication.streams import Row, Stream, token_groups
+
+__all__ = [
+    "Consumer",
+    "HandlerConfig",
+    "ReplicationHandler",
+    "Streamer",
+]
+
+logger = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+
+
+class Conn(Protocol):
+    """What the handler needs from a TCP connection or a bus connection."""
+
+    transport_kind: str
+    peer_name: str
+    synced: set[Key]
+    pending: dict[Key, list[Any]]
+    positions_seen: set[Key]
+    all_synced_once: bool
+    on_all_synced: Callable[[], None] | None
+    context: Any
+
+    @property
+    def is_closed(self) -> bool: ...
+
+    def send_command(self, cmd: Command) -> bool: ...
+    def send_bytes(self, data: bytes, count: int) -> bool: ...
+
+
+class Consumer(Protocol):
+    """Applies delivered rows on a reader.  Must be idempotent for rows near its start."""
+
+    def on_rows(self, stream: str, instance: str, token: int, rows: list[Row], path: str) -> None: ...
+    def on_reset(self, stream: str, instance: str) -> None: ...
+
+
+class NullConsumer:
+    def on_rows(self, stream: str, instance: str, token: int, rows: list[Row], path: str) -> None:
+        pass
+
+    def on_reset(self, stream: str, instance: str) -> None:
+        pass
+
+
+@dataclass
+class HandlerConfig:
+    """Behaviour knobs; tests shrink backoffs and bounds."""
+
+    instance_name: str = "master"
+    server_name: str = "localhost"
+    writes: frozenset[str] = frozenset()  # streams this process writes
+    reader: bool = False  # follows other writers' streams
+    inbound_bound: int = 10_000
+    catch_up_backoff: float = 0.5
+    catch_up_backoff_max: float = 10.0
+    target_rows: int = 100
+    torture_level: int = 0
+    start_positions: Callable[[str, str], Any] | None = None  # async (stream, writer) -> int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _StreamQueue:
+    def __init__(self) -> None:
+        self.items: deque[tuple[Command, Conn]] = deque()
+        self.wakeup = asyncio.Event()
+        self.epoch = 0
+        self.task: asyncio.Task[Any] | None = None
+
+
+class ReplicationHandler:
+    """Routes commands of every connection; holds reader state and the streamer."""
+
+    def __init__(
+        self,
+        streams: Iterable[Stream],
+        config: HandlerConfig,
+        consumer: Consumer | None = None,
+    ) -> None:
+        self.streams: dict[str, Stream] = {s.name: s for s in streams}
+        self.config = config
+        self.instance_name = config.instance_name
+        self.consumer: Consumer = consumer or NullConsumer()
+        self.stats = Stats()
+        self.connections: list[Conn] = []
+        self.cur: dict[Key, int] = {}
+        self.highest_seen: dict[Key, int] = {}
+        self._queues: dict[str, _StreamQueue] = {}
+        self._unknown_logged: set[str] = set()
+        self._waiters: list[tuple[Key, int, asyncio.Future[None]]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.streamer = Streamer(self) if config.writes else None
+        self.on_remote_server_up: Callable[[str], None] | None = None
+        self.on_user_ip: Callable[[UserIpCommand], None] | None = None
+        self.publish: Callable[[Command], None] | None = None  # bus publisher, if any
+        self._stopping = False
+
+    # -- connection registry ---------------------------------------------------------
+
+    def connection_registered(self, conn: Conn) -> None:
+        if conn.transport_kind == "tcp":
+            names = [c.peer_name for c in self.connections]
+            if conn.peer_name != "anon" and conn.peer_name in names:
+                logger.warning("Duplicate replication instance name %s", conn.peer_name)
+        self.connections.append(conn)
+        self.stats.set("connections", value=len(self.connections))
+
+    def connection_lost(self, conn: Conn) -> None:
+        with contextlib.suppress(ValueError):
+            self.connections.remove(conn)
+        conn.synced.clear()
+        conn.pending.clear()
+        self.stats.set("connections", value=len(self.connections))
+
+    # -- inbound ---------------------------------------------------------------------
+
+    def on_command(self, conn: Conn, cmd: Command) -> None:
+        """Handle one parsed command from ``conn`` (raises ProtocolError on bad rows)."""
+        if isinstance(cmd, RdataCommand | PositionCommand):
+            self._on_stream_command(conn, cmd)
+        elif isinstance(cmd, ReplicateCommand):
+            self._on_replicate(conn)
+        elif isinstance(cmd, NameCommand):
+            if any(c is not conn and c.peer_name == cmd.instance_name for c in self.connections):
+                logger.warning("Duplicate replication instance name %s", cmd.instance_name)
+        elif isinstance(cmd, RemoteServerUpCommand):
+            if conn.transport_kind == "tcp" and self.config.writes:
+                for other in list(self.connections):
+                    if other is not conn:
+                        other.send_command(cmd)
+            if self.on_remote_server_up is not None:
+                self.on_remote_server_up(cmd.server_name)
+        elif isinstance(cmd, UserIpCommand) and self.on_user_ip is not None:
+            self.on_user_ip(cmd)
+
+    def _on_replicate(self, conn: Conn) -> None:
+        if self.streamer is None:
+            return
+        for cmd in self.streamer.positions():
+            logger.debug("Sending position for %s: %s", cmd.stream, cmd.new)
+            if conn.transport_kind == "bus" and self.publish is not None:
+                self.publish(cmd)
+            else:
+                conn.send_command(cmd)
+
+    def _on_stream_command(self, conn: Conn, cmd: RdataCommand | PositionCommand) -> None:
+        stream = self.streams.get(cmd.stream)
+        if stream is None:
+            if cmd.stream not in self._unknown_logged:
+                self._unknown_logged.add(cmd.stream)
+                logger.info("Ignoring commands for unknown stream %r", cmd.stream)
+            return
+        if cmd.instance == self.instance_name:
+            self.stats.inc("dropped", cmd.stream, "echo")
+            return
+        if not self.config.reader:
+            return
+        key = (cmd.stream, cmd.instance)
+        if isinstance(cmd, RdataCommand):
+            try:
+                stream.parse_row(cmd.row)
+            except ValueError as e:
+                raise ProtocolError(f"bad {cmd.stream} row: {e}") from None
+            seen = cmd.token
+        else:
+            seen = cmd.new
+            cur = self.cur.get(key)
+            if not stream.resettable and cur is not None and key in conn.synced and cmd.new <= cur:
+                self.stats.inc("dropped", cmd.stream, "redundant_position")
+                logger.debug("Discarding redundant POSITION %s/%s %s", *key, cmd.new)
+                return
+        if seen is not None and seen > self.highest_seen.get(key, -1):
+            self.highest_seen[key] = seen
+            self._update_lag(key)
+        q = self._queue(cmd.stream)
+        if len(q.items) >= self.config.inbound_bound:
+            self._overflow(cmd.stream, conn)
+            return
+        q.items.append((cmd, conn))
+        self.stats.set("queue", cmd.stream, value=len(q.items))
+        q.wakeup.set()
+
+    def _overflow(self, stream_name: str, conn: Conn) -> None:
+        q = self._queue(stream_name)
+        logger.warning("Inbound queue for %s overflowed: resyncing", stream_name)
+        self.stats.inc("dropped", stream_name, "overflow", amount=len(q.items) + 1)
+        q.items.clear()
+        q.epoch += 1
+        self._mark_unsynced_stream(stream_name)
+        self.stats.set("queue", stream_name, value=0)
+        self._send_replicate(conn)
+
+    def _send_replicate(self, conn: Conn) -> None:
+        if conn.transport_kind == "bus" and self.publish is not None:
+            self.publish(ReplicateCommand())
+        elif not conn.is_closed:
+            conn.send_command(ReplicateCommand())
+
+    def _all_conns(self) -> list[Conn]:
+        return list(self.connections)
+
+    def _mark_unsynced(self, key: Key) -> None:
+        for c in self._all_conns():
+            c.synced.discard(key)
+            c.pending.pop(key, None)
+
+    def _mark_unsynced_stream(self, stream_name: str) -> None:
+        for c in self._all_conns():
+            for key in [k for k in c.synced if k[0] == stream_name]:
+                c.synced.discard(key)
+            for key in [k for k in c.pending if k[0] == stream_name]:
+                del c.pending[key]
+
+    def _queue(self, stream_name: str) -> _StreamQueue:
+        q = self._queues.get(stream_name)
+        if q is None:
+            q = self._queues[stream_name] = _StreamQueue()
+            q.task = _instrument.background_process(
+                f"process-replication-data-{stream_name}", self._consume, stream_name
+            )
+        return q
+
+    async def _consume(self, stream_name: str) -> None:
+        q = self._queues[stream_name]
+        while not self._stopping:
+            if not q.items:
+                q.wakeup.clear()
+                await q.wakeup.wait()
+                continue
+            cmd, conn = q.items.popleft()
+            self.stats.set("queue", stream_name, value=len(q.items))
+            try:
+                if isinstance(cmd, PositionCommand):
+                    with _instrument.logging_context(f"replication-POSITION-{stream_name}"):
+                        await self._process_position(cmd, conn, q)
+                elif isinstance(cmd, RdataCommand):
+                    self._process_rdata(cmd, conn, q)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("Error processing replication %s on %s", cmd.NAME, stream_name)
+
+    async def _get_cur(self, key: Key, conn: Conn) -> int | None:
+        cur = self.cur.get(key)
+        if cur is not None:
+            return cur
+        stream = self.streams[key[0]]
+        loader = self.config.start_positions
+        if stream.source != "db" or loader is None:
+            self.cur[key] = 0
+            return 0
+        backoff = self.config.catch_up_backoff
+        while not conn.is_closed:
+            try:
+                start = int(await loader(*key))
+            except Exception as e:
+                logger.warning("Failed to read start position of %s/%s: %s", *key, e)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.config.catch_up_backoff_max)
+                continue
+            self.cur.setdefault(key, start)
+            return self.cur[key]
+        return None
+
+    async def _process_position(self, cmd: PositionCommand, conn: Conn, q: _StreamQueue) -> None:
+        key = (cmd.stream, cmd.instance)
+        stream = self.streams[cmd.stream]
+        if conn.is_closed:
+            return
+        cur = await self._get_cur(key, conn)
+        if cur is None:
+            return
+        with _instrument.span(
+            "replication.recv.POSITION",
+            {"stream": cmd.stream, "instance": cmd.instance, "prev": cmd.prev, "new": cmd.new},
+            _instrument.link_from_carrier(cmd.trace),
+        ):
+            if not stream.resettable and key in conn.synced and cmd.new <= cur:
+                self.stats.inc("dropped", cmd.stream, "redundant_position")
+                return
+            epoch = q.epoch
+            self._mark_unsynced(key)
+            first_on_conn = key not in conn.positions_seen
+            conn.positions_seen.add(key)
+            reset = False
+            if stream.resettable and (cur > cmd.new or (conn.transport_kind == "tcp" and first_on_conn)):
+                reset = True
+                self.consumer.on_reset(cmd.stream, cmd.instance)
+                self.cur[key] = cur = 0
+                missing = cmd.new > 0
+            elif cmd.new < cur:
+                logger.info("Stale POSITION %s/%s %s below cur %s", *key, cmd.new, cur)
+                missing = False
+            else:
+                missing = cur < cmd.prev
+            if missing:
+                ok = await self._catch_up(stream, cmd.instance, cmd.new, conn, reset)
+                if not ok:
+                    return
+            # on_position: cur never moves back, except after a reset
+            self.cur[key] = cmd.new if reset else max(self.cur[key], cmd.new)
+            self._update_lag(key)
+            self._wake(key)
+            if q.epoch == epoch and not conn.is_closed:
+                conn.synced.add(key)
+                self._check_all_synced(conn)
+
+    def _check_all_synced(self, conn: Conn) -> None:
+        """Reset the reconnect backoff once every stream synced on ``conn`` (§2.3 step 6)."""
+        if conn.all_synced_once:
+            return
+        synced_streams = {k[0] for k in conn.synced}
+        if all(name in synced_streams for name in self.streams):
+            conn.all_synced_once = True
+            if conn.on_all_synced is not None:
+                conn.on_all_synced()
+
+    async def _catch_up(self, stream: Stream, instance: str, target: int, conn: Conn, reset: bool) -> bool:
+        key = (stream.name, instance)
+        backoff = self.config.catch_up_backoff
+        retries = 0
+        started = time.monotonic()
+        while True:
+            if conn.is_closed:
+                return False
+            pages = rows_total = 0
+            try:
+                with (
+                    _instrument.nested_context("catchup"),
+                    _instrument.span(
+                        "replication.catch_up",
+                        {
+                            "stream": stream.name,
+                            "instance": instance,
+                            "from": self.cur[key],
+                            "to": target,
+                            "source": stream.source,
+                            "retries": retries,
+                            "reset": reset,
+                        },
+                    ) as sp,
+                ):
+                    missing = True
+                    while missing:
+                        cur = self.cur[key]
+                        logger.debug(
+                            "Fetching replication rows for '%s'/%s between %s and %s",
+                            stream.name,
+                            instance,
+                            cur,
+                            target,
+                        )
+                        with _instrument.span("replication.catch_up.page"):
+                            updates, upto, limited = await stream.get_updates_since(
+                                instance, cur, target, self.config.target_rows
+                            )
+                        pages += 1
+                        for token, rows in token_groups(updates):
+                            if token <= self.cur[key]:
+                                continue
+                            self._deliver(key, token, rows, "catch_up")
+                            rows_total += len(rows)
+                        if upto > self.cur[key]:
+                            self.cur[key] = upto
+                        missing = limited
+                    if sp is not None:
+                        sp.set_attribute("pages", pages)
+                        sp.set_attribute("rows", rows_total)
+                self.stats.inc("catch_up_rows", stream.name, amount=rows_total)
+                self.stats.observe(
+                    "catch_up_time", stream.name, stream.source, value=time.monotonic() - started
+                )
+                logger.debug("Caught up with stream '%s' to %s", stream.name, target)
+                return True
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                retries += 1
+                self.stats.inc("catch_up_failures", stream.name)
+                logger.warning(
+                    "Catch-up of %s/%s failed (attempt %d), retrying in %.2fs: %s",
+                    stream.name,
+                    instance,
+                    retries,
+                    backoff,
+                    e,
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.config.catch_up_backoff_max)
+
+    def _deliver(self, key: Key, token: int, rows: list[Row], path: str) -> None:
+        """Apply rows, *then* advance ``cur``, *then* wake waiters (#14158)."""
+        self.consumer.on_rows(key[0], key[1], token, rows, path)
+        self.cur[key] = token
+        self.stats.inc("rows", key[0], key[1], path, amount=len(rows))
+        self._update_lag(key)
+        self._wake(key)
+
+    def _process_rdata(self, cmd: RdataCommand, conn: Conn, q: _StreamQueue) -> None:
+        key = (cmd.stream, cmd.instance)
+        if key not in conn.synced:
+            self.stats.inc("dropped", cmd.stream, "unconnected")
+            logger.debug("Discarding RDATA for unconnected stream %s/%s", *key)
+            return
+        if cmd.token is None:
+            conn.pending.setdefault(key, []).append(cmd.row)
+            return
+        rows = conn.pending.pop(key, [])
+        rows.append(cmd.row)
+        if cmd.token <= self.cur.get(key, 0):
+            self.stats.inc("dropped", cmd.stream, "stale")
+            return
+        try:
+            with _instrument.span(
+                "replication.recv.RDATA",
+                {"stream": cmd.stream, "instance": cmd.instance, "token": cmd.token, "rows": len(rows)},
+                _instrument.link_from_carrier(cmd.trace),
+            ):
+                self._deliver(key, cmd.token, rows, "live")
+        except Exception:
+            logger.exception("Consumer failed on %s/%s token %s", *key, cmd.token)
+            self._mark_unsynced(key)
+            q.epoch += 1
+            self._later(self.config.catch_up_backoff, self._send_replicate, conn)
+
+    def _later(self, delay: float, fn: Callable[..., None], *args: Any) -> None:
+        asyncio.get_running_loop().call_later(delay, fn, *args)
+
+    def _update_lag(self, key: Key) -> None:
+        lag = max(0, self.highest_seen.get(key, 0) - self.cur.get(key, 0))
+        self.stats.set("lag", *key, value=lag)
+
+    def _wake(self, key: Key) -> None:
+        if not self._waiters:
+            return
+        cur = self.cur.get(key, 0)
+        keep = []
+        for k, token, fut in self._waiters:
+            if k == key and cur >= token:
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                keep.append((k, token, fut))
+        self._waiters = keep
+
+    async def wait_for_stream_position(
+        self, instance: str, stream: str, token: int, timeout: float = 5.0
+    ) -> bool:
+        """Return once ``cur >= token`` (True) or after ``timeout`` with a warning (False)."""
+        key = (stream, instance)
+        if self.cur.get(key, -1) >= token:
+            return True
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((key, token, fut))
+        try:
+            await asyncio.wait_for(fut, timeout)
+            return True
+        except TimeoutError:
+            logger.warning("Timed out waiting for %s/%s to reach %s", stream, instance, token)
+            return False
+
+    def is_synced(self, conn: Conn, stream: str, instance: str = "master") -> bool:
+        return (stream, instance) in conn.synced
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        self._stopping = True
+        tasks = [q.task for q in self._queues.values() if q.task is not None]
+        if self.streamer is not None:
+            tasks.extend(self.streamer.tasks())
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(BaseException):
+                await t
+
+
+class Streamer:
+    """Writer side (§2.6): sends new rows of the streams this process writes."""
+
+    def __init__(self, handler: ReplicationHandler) -> None:
+        self.handler = handler
+        self.me = handler.instance_name
+        self.streams = [handler.streams[n] for n in sorted(handler.config.writes)]
+        self.last_token: dict[str, int] = {s.name: s.current_token(self.me) for s in self.streams}
+        self._task: asyncio.Task[Any] | None = None
+        self._pending = False
+
+    def tasks(self) -> list[asyncio.Task[Any]]:
+        return [self._task] if self._task is not None and not self._task.done() else []
+
+    def positions(self) -> list[PositionCommand]:
+        """``POSITION s me last last`` for every stream we write (answers to REPLICATE)."""
+        return [
+            PositionCommand(s.name, self.me, self.last_token[s.name], self.last_token[s.name])
+            for s in self.streams
+        ]
+
+    def poke(self, *_: Any) -> None:
+        """Something moved: run a pass now, or right after the running one."""
+        if self._task is not None and not self._task.done():
+            self._pending = True
+            return
+        self._pending = True
+        self._task = _instrument.background_process("replication_notifier", self._run)
+
+    def _has_subscribers(self) -> bool:
+        return bool(self.handler.connections) or self.handler.publish is not None
+
+    async def _run(self) -> None:
+        torture = self.handler.config.torture_level
+        while self._pending and not self.handler._stopping:
+            self._pending = False
+            order = list(self.streams)
+            if torture:
+                random.shuffle(order)
+            for stream in order:
+                if torture:
+                    await asyncio.sleep(random.uniform(0, torture) / 1000)
+                try:
+                    await self._pass(stream)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    logger.exception("Streamer pass for %s failed", stream.name)
+
+    async def _pass(self, stream: Stream) -> None:
+        name = stream.name
+        last = self.last_token[name]
+        current = stream.current_token(self.me)
+        if last == current:
+            return
+        if not self._has_subscribers():
+            self.last_token[name] = current
+            return
+        with _instrument.span("replication.send", {"stream": name, "from": last, "to": current}):
+            updates, upto, limited = await stream.get_updates_since(
+                self.me, last, current, self.handler.config.target_rows
+            )
+        # From here to the hand-off: no await (ordering invariant, #7360).
+        if self.last_token[name] != last:
+            return  # another pass moved it meanwhile (cannot happen with one task)
+        data, count = self.encode(stream, last, updates, upto)
+        self.last_token[name] = upto
+        if count:
+            self.handler.stats.inc("updates_sent", name, amount=len(updates))
+            self.broadcast(data, count)
+        if limited:
+            self._pending = True
+
+    def encode(
+        self, stream: Stream, last: int, updates: list[tuple[int, Row]], upto: int
+    ) -> tuple[bytes, int]:
+        """Encode token groups (``batch`` … numeric) plus a closing ``POSITION`` if needed."""
+        name, me = stream.name, self.me
+        lines: list[str] = []
+        x = last
+        for token, rows in token_groups(updates):
+            trace = stream.trace_carrier(token) if stream.trace_carrier is not None else None
+            group: list[str] = []
+            n = len(rows)
+            for i, row in enumerate(rows):
+                numeric = i == n - 1
+                line = RdataCommand(
+                    name, me, token if numeric else None, row, trace if numeric else None
+                ).to_line()
+                if len(line) > MAX_LINE_BYTES:  # ASCII: chars == bytes
+                    logger.warning("Row of %s token %s too long: sending POSITION", name, token)
+                    self.handler.stats.inc("dropped", name, "oversize")
+                    group = [PositionCommand(name, me, token, token).to_line()]
+                    break
+                group.append(line)
+            lines.extend(group)
+            x = token
+        if x < upto:
+            lines.append(PositionCommand(name, me, x, upto).to_line())
+        if not lines:
+            return b"", 0
+        return ("\n".join(lines) + "\n").encode("ascii"), len(lines)
+
+    def broadcast(self, data: bytes, count: int) -> None:
+        """Hand the same bytes to every connection (write coalescing)."""
+        if self.handler.publish is not None:
+            bus_send = self.handler.config.extra.get("bus_send_bytes")
+            if bus_send is not None:
+                bus_send(data, count)
+        for conn in list(self.handler.connections):
+            if conn.transport_kind == "tcp":
+                conn.send_bytes(data, count)
