@@ -1,0 +1,246 @@
+"""OpenTelemetry backend (extra ``[otel]``): spans from the given or global tracer provider.
+
+The active span lives in OpenTelemetry's own ``ContextVar``, so other OTel instrumentation sees
+it. Export with the SDK, e.g. ``BatchSpanProcessor(OTLPSpanExporter())`` → a collector →
+Jaeger/Tempo. ``ForceTracingSampler`` needs ``opentelemetry-sdk``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import baggage, context, propagate, trace
+from opentelemetry.trace import (
+    INVALID_SPAN,
+    Link,
+    NonRecordingSpan,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
+from opentelemetry.trace import SpanContext as OtelSpanContext
+
+from ._base import AttributeValue, Backend, BackendSpan, SpanContext
+
+if TYPE_CHECKING:
+    from ._sampler import ForceTracingSampler
+
+__all__ = ["ForceTracingSampler", "OtelBackend", "OtelSpan"]
+
+FORCE_KEY = "logcontext-force-tracing"
+
+_KINDS = {
+    "internal": SpanKind.INTERNAL,
+    "server": SpanKind.SERVER,
+    "client": SpanKind.CLIENT,
+    "producer": SpanKind.PRODUCER,
+    "consumer": SpanKind.CONSUMER,
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ForceTracingSampler":
+        from ._sampler import ForceTracingSampler
+
+        return ForceTracingSampler
+    raise AttributeError(name)
+
+
+class OtelSpan(BackendSpan):
+    """An OpenTelemetry span behind the :class:`~logcontext.tracing.Span` protocol."""
+
+    __slots__ = ()
+
+    @property
+    def context(self) -> SpanContext:
+        sc = self.raw.get_span_context()
+        return SpanContext(sc.trace_id, sc.span_id, sc.trace_flags.sampled, self.forced, sc)
+
+    def is_recording(self) -> bool:
+        return bool(self.raw.is_recording())
+
+    def set_attribute(self, key: str, value: AttributeValue) -> None:
+        self.raw.set_attribute(key, value)
+
+    def set_attributes(self, attributes: Mapping[str, AttributeValue]) -> None:
+        self.raw.set_attributes(attributes)
+
+    def add_event(self, name: str, attributes: Mapping[str, AttributeValue] | None = None) -> None:
+        self.raw.add_event(name, attributes)
+
+    def record_exception(self, exc: BaseException) -> None:
+        self.raw.record_exception(exc)
+        self.raw.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+
+    def update_name(self, name: str) -> None:
+        self.raw.update_name(name)
+
+    def _end(self) -> None:
+        self.raw.end()
+
+
+def _to_otel_context(parent: SpanContext) -> context.Context:
+    raw = parent.raw
+    if isinstance(raw, context.Context):
+        return raw
+    if isinstance(raw, OtelSpanContext):
+        return trace.set_span_in_context(NonRecordingSpan(raw))
+    sc = OtelSpanContext(
+        parent.trace_id,
+        parent.span_id,
+        is_remote=True,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED if parent.sampled else TraceFlags.DEFAULT),
+    )
+    return trace.set_span_in_context(NonRecordingSpan(sc))
+
+
+def _to_otel_span_context(sc: SpanContext) -> OtelSpanContext:
+    raw = sc.raw
+    if isinstance(raw, OtelSpanContext):
+        return raw
+    if isinstance(raw, context.Context):
+        return trace.get_current_span(raw).get_span_context()
+    return OtelSpanContext(
+        sc.trace_id,
+        sc.span_id,
+        is_remote=True,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED if sc.sampled else TraceFlags.DEFAULT),
+    )
+
+
+def _default_provider(service_name: str | None) -> Any:
+    """The global provider; or, if none is set and a service name is given, a new SDK one."""
+    provider = trace.get_tracer_provider()
+    if service_name is None or not isinstance(provider, trace.ProxyTracerProvider):
+        return provider
+    try:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+    except ImportError:
+        return provider
+    sdk_provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
+    if endpoint:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        sdk_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    return sdk_provider
+
+
+class OtelBackend(Backend):
+    """Spans from an OpenTelemetry tracer; W3C ``traceparent`` (+ baggage) propagation."""
+
+    name = "otel"
+
+    def __init__(
+        self, *, tracer_provider: Any = None, tracer: Any = None, service_name: str | None = None
+    ) -> None:
+        if tracer is not None:
+            self.provider = tracer_provider
+            self.tracer = tracer
+        else:
+            self.provider = (
+                tracer_provider if tracer_provider is not None else _default_provider(service_name)
+            )
+            self.tracer = self.provider.get_tracer("logcontext")
+
+    def start_span(
+        self,
+        name: str,
+        *,
+        parent: BackendSpan | SpanContext | None,
+        root: bool,
+        links: Sequence[tuple[SpanContext, Mapping[str, AttributeValue]]],
+        attributes: Mapping[str, AttributeValue] | None,
+        kind: str,
+    ) -> BackendSpan:
+        ctx: context.Context | None
+        if root:
+            # Drop the parent span but keep baggage (forced tracing survives a new root).
+            ctx = trace.set_span_in_context(INVALID_SPAN)
+        elif parent is None:
+            ctx = None
+        elif isinstance(parent, BackendSpan):
+            ctx = trace.set_span_in_context(parent.raw)
+        else:
+            ctx = _to_otel_context(parent)
+        otel_links = [Link(_to_otel_span_context(sc), dict(attrs)) for sc, attrs in links] if links else None
+        raw = self.tracer.start_span(
+            name,
+            context=ctx,
+            kind=_KINDS[kind],
+            attributes=attributes,
+            links=otel_links,
+            record_exception=False,
+            set_status_on_exception=False,
+        )
+        forced = baggage.get_baggage(FORCE_KEY, ctx) == "1"
+        return OtelSpan(raw, forced)
+
+    def activate(self, span: BackendSpan) -> object:
+        return context.attach(trace.set_span_in_context(span.raw))
+
+    def deactivate(self, token: object) -> None:
+        context.detach(token)  # type: ignore[arg-type]
+
+    def current_raw(self) -> Any:
+        raw = trace.get_current_span()
+        if raw is INVALID_SPAN or not raw.get_span_context().is_valid:
+            return None
+        return raw
+
+    def current_ids(self) -> tuple[int, int] | None:
+        sc = trace.get_current_span().get_span_context()
+        return (sc.trace_id, sc.span_id) if sc.is_valid else None
+
+    def wrap(self, raw: Any) -> BackendSpan:
+        return OtelSpan(raw, baggage.get_baggage(FORCE_KEY) == "1")
+
+    def inject(self, span: BackendSpan, carrier: dict[str, str], *, http: bool = True) -> None:
+        propagate.inject(carrier, context=trace.set_span_in_context(span.raw))
+
+    def extract(self, carrier: Mapping[str, str], *, http: bool = True) -> SpanContext | None:
+        ctx = propagate.extract(carrier)
+        sc = trace.get_current_span(ctx).get_span_context()
+        if not sc.is_valid:
+            return None
+        forced = baggage.get_baggage(FORCE_KEY, ctx) == "1"
+        return SpanContext(sc.trace_id, sc.span_id, sc.trace_flags.sampled, forced, ctx)
+
+    def force(self, span: BackendSpan) -> None:
+        # The token is dropped on purpose: the enclosing scope's detach discards the change.
+        context.attach(baggage.set_baggage(FORCE_KEY, "1"))
+        span.forced = True
+        if span.is_recording():
+            span.set_attribute("logcontext.forced", True)
+
+    def is_forced_current(self) -> bool:
+        return baggage.get_baggage(FORCE_KEY) == "1"
+
+    def add_back_link(self, spawner: BackendSpan, target: SpanContext) -> None:
+        add_link = getattr(spawner.raw, "add_link", None)
+        if add_link is None:
+            super().add_back_link(spawner, target)
+            return
+        add_link(_to_otel_span_context(target), {"logcontext.link": "spawned"})
+
+    def shutdown(self, timeout_s: float) -> bool:
+        provider = self.provider
+        ok = True
+        flush = getattr(provider, "force_flush", None)
+        if flush is not None:
+            ok = bool(flush(int(timeout_s * 1000)))
+        shutdown = getattr(provider, "shutdown", None)
+        if shutdown is not None:
+            t = threading.Thread(target=shutdown, name="logcontext-otel-shutdown", daemon=True)
+            t.start()
+            t.join(timeout_s)
+            ok = ok and not t.is_alive()
+        return ok
