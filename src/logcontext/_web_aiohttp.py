@@ -1,0 +1,169 @@
+"""aiohttp request middleware (spec §9 "aiohttp"); imports aiohttp when built."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from aiohttp import web
+
+from ._redact import DEFAULT_REDACT
+from ._web_common import (
+    _CURRENT,
+    DEFAULT_QUIET_PATHS,
+    RequestState,
+    TraceOrigin,
+    WebOptions,
+    response_trace_headers,
+    start_server_span,
+)
+
+__all__ = ["logcontext_middleware"]
+
+logger = logging.getLogger("logcontext.web")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _route_name(request: web.Request) -> Callable[[], str | None]:
+    def get() -> str | None:
+        route = request.match_info.route
+        name = route.name
+        if name:
+            return name
+        resource = route.resource
+        if resource is not None:
+            return resource.canonical
+        return None
+
+    return get
+
+
+def _error_response(exc: web.HTTPException) -> web.Response:
+    return web.Response(status=exc.status, reason=exc.reason, text=exc.text, headers=exc.headers)
+
+
+def logcontext_middleware(
+    *,
+    server_name: str | None = None,
+    site_tag: str = "aiohttp",
+    request_id_header: str = "X-Request-ID",
+    trust_request_id: bool = False,
+    echo_request_id: bool = False,
+    trusted_proxies: Iterable[str] = (),
+    redact_params: Iterable[str] = DEFAULT_REDACT,
+    quiet_paths: Iterable[str] = DEFAULT_QUIET_PATHS,
+    access_line_format: str = "labelled",
+    trace_origin: TraceOrigin | None = None,
+) -> Any:
+    """An aiohttp middleware running every request in its own parentless logging context.
+
+    Put it first in ``middlewares`` (outermost). "Handler finished" is when the handler
+    returns; the middleware then prepares the response and writes EOF itself, so the send
+    time is measured. ``HTTPException`` is turned into its response and other exceptions
+    into a 500, logged inside the request context. A cancelled handler (aiohttp's
+    ``handler_cancellation=True`` on disconnect) logs ``499!``.
+    """
+    opts = WebOptions.build(
+        server_name=server_name,
+        site_tag=site_tag,
+        request_id_header=request_id_header,
+        trust_request_id=trust_request_id,
+        echo_request_id=echo_request_id,
+        trusted_proxies=trusted_proxies,
+        redact_params=redact_params,
+        quiet_paths=quiet_paths,
+        access_line_format=access_line_format,
+        trace_origin=trace_origin,
+    )
+
+    @web.middleware
+    async def logcontext_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
+        version = request.version
+        st = RequestState(
+            opts,
+            method=request.method.upper(),
+            path=request.path,
+            raw_uri=request.raw_path,
+            protocol=f"HTTP/{version.major}.{version.minor}",
+            peer=request.remote,
+            headers_get=request.headers.get,
+            scheme=request.scheme,
+            route=_route_name(request),
+        )
+        writer = request.writer
+        counting = False
+        if hasattr(writer, "on_body_write"):
+            previous = writer.on_body_write
+
+            def on_body_write(size: int, total: int) -> None:
+                st.bytes_sent += size
+                if previous is not None:
+                    previous(size, total)
+
+            writer.on_body_write = on_body_write
+            counting = True
+
+        with st.ctx:
+            token = _CURRENT.set(st)
+            try:
+                st.begin()
+                scope_cm = start_server_span(st, request.headers)
+                try:
+                    return await _run(request, handler, st, counting)
+                finally:
+                    st.finish()
+                    if scope_cm is not None:
+                        scope_cm.__exit__(None, None, None)
+            finally:
+                _CURRENT.reset(token)
+
+    return logcontext_mw
+
+
+async def _run(
+    request: web.Request, handler: Handler, st: RequestState, counting: bool
+) -> web.StreamResponse:
+    try:
+        resp: web.StreamResponse = await handler(request)
+    except web.HTTPException as exc:
+        resp = _error_response(exc)
+    except asyncio.CancelledError:
+        st.cancelled = True
+        st.client_gone()
+        raise
+    except Exception:
+        st.handler_done()
+        logger.exception("Unhandled exception in request %s %s", st.method, st.request.url)
+        resp = web.Response(status=500, text="500 Internal Server Error")
+    st.handler_done()
+    if not isinstance(resp, web.StreamResponse):
+        logger.error("Web handler returned %r instead of a response", resp)
+        resp = web.Response(status=500, text="500 Internal Server Error")
+    st.status = resp.status
+    if not resp.prepared:
+        resp.headers[st.opts.request_id_header] = st.request_id_value
+        for k, v in response_trace_headers().items():
+            resp.headers[k] = v
+    st.response_started = True
+    try:
+        await resp.prepare(request)
+        await resp.write_eof()
+    except asyncio.CancelledError:
+        st.cancelled = True
+        st.client_gone()
+        raise
+    except ConnectionError:
+        # Client gone while sending (aiohttp raises ClientConnectionResetError, a
+        # ConnectionResetError); aiohttp's own finish step sees the same and logs it.
+        st.client_gone()
+        if not counting:
+            st.bytes_sent = 0
+        return resp
+    if not counting:
+        length = resp.content_length
+        st.bytes_sent = length if length is not None else resp.body_length
+    st.sent_all()
+    return resp

@@ -1,0 +1,461 @@
+"""Request state shared by the ASGI and aiohttp integrations and ``@request_handler``."""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import logging
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+from logcontext import ContextRequest, ContextResourceUsage, LoggingContext
+
+from . import _bgmetrics
+from ._access import AccessRecord, check_access_line_format, log_access, log_arrival
+from ._redact import DEFAULT_REDACT, redact_uri
+
+__all__ = [
+    "DEFAULT_QUIET_PATHS",
+    "RequestState",
+    "WebOptions",
+    "current_request_state",
+    "next_request_id",
+]
+
+logger = logging.getLogger("logcontext.web")
+
+DEFAULT_QUIET_PATHS: frozenset[str] = frozenset({"/health"})
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_counter = itertools.count(1)
+
+#: The request being handled in this ``Context`` (set by the integrations).
+_CURRENT: ContextVar[RequestState | None] = ContextVar("logcontext_web_request", default=None)
+
+TraceOrigin = Callable[[Mapping[str, str]], tuple[str | None, bool]]
+"""``hook(headers) -> (origin, authenticated)`` deciding whether inbound trace context may parent."""
+
+
+def next_request_id() -> str:
+    """The next per-process request number, as a string."""
+    return str(next(_counter))
+
+
+def current_request_state() -> RequestState | None:
+    """The state of the request handled in this ``Context``, if any."""
+    return _CURRENT.get()
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class WebOptions:
+    """Validated options of the middlewares."""
+
+    server_name: str | None = None
+    site_tag: str = "asgi"
+    request_id_header: str = "X-Request-ID"
+    trust_request_id: bool = False
+    echo_request_id: bool = False
+    trusted_proxies: tuple[Network, ...] = ()
+    redact_params: tuple[str, ...] = DEFAULT_REDACT
+    quiet_paths: frozenset[str] = DEFAULT_QUIET_PATHS
+    access_line_format: str = "labelled"
+    trace_origin: TraceOrigin | None = None
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        server_name: str | None = None,
+        site_tag: str = "asgi",
+        request_id_header: str = "X-Request-ID",
+        trust_request_id: bool = False,
+        echo_request_id: bool = False,
+        trusted_proxies: Iterable[str] = (),
+        redact_params: Iterable[str] = DEFAULT_REDACT,
+        quiet_paths: Iterable[str] = DEFAULT_QUIET_PATHS,
+        access_line_format: str = "labelled",
+        trace_origin: TraceOrigin | None = None,
+    ) -> WebOptions:
+        """Validate and normalise the keyword options (clear errors for bad input)."""
+        if server_name is not None and (not isinstance(server_name, str) or not server_name):
+            raise ValueError(f"server_name must be a non-empty str or None, got {server_name!r}")
+        if not isinstance(site_tag, str) or not site_tag:
+            raise ValueError(f"site_tag must be a non-empty str, got {site_tag!r}")
+        if not isinstance(request_id_header, str) or not request_id_header.strip():
+            raise ValueError(f"request_id_header must be a header name, got {request_id_header!r}")
+        if isinstance(trusted_proxies, str):
+            raise TypeError("trusted_proxies must be an iterable of addresses/networks, not a str")
+        nets: list[Network] = []
+        for p in trusted_proxies:
+            try:
+                nets.append(ipaddress.ip_network(p, strict=False))
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"trusted_proxies: {p!r} is not an IP address or network") from e
+        if isinstance(redact_params, str):
+            raise TypeError("redact_params must be an iterable of parameter names, not a str")
+        params = tuple(redact_params)
+        redact_uri("/", params)  # validates the names
+        if isinstance(quiet_paths, str):
+            raise TypeError("quiet_paths must be an iterable of paths, not a str")
+        quiet = frozenset(quiet_paths)
+        for q in quiet:
+            if not isinstance(q, str):
+                raise TypeError(f"quiet_paths entries must be str, got {q!r}")
+        check_access_line_format(access_line_format)
+        if trace_origin is not None and not callable(trace_origin):
+            raise TypeError("trace_origin must be callable or None")
+        return cls(
+            server_name=server_name,
+            site_tag=site_tag,
+            request_id_header=request_id_header.strip(),
+            trust_request_id=bool(trust_request_id),
+            echo_request_id=bool(echo_request_id),
+            trusted_proxies=tuple(nets),
+            redact_params=params,
+            quiet_paths=quiet,
+            access_line_format=access_line_format,
+            trace_origin=trace_origin,
+        )
+
+    def choose_request_id(self, inbound: str | None) -> tuple[str, str | None]:
+        """``(id, echoed)``: the inbound id if trusted and valid, else a counter value."""
+        if self.trust_request_id and inbound is not None:
+            inbound = inbound.strip()
+            if _REQUEST_ID_RE.fullmatch(inbound):
+                return inbound, inbound
+        return next_request_id(), None
+
+    def client_ip(self, peer: str | None, forwarded_for: str | None) -> str:
+        """The peer, or the ``X-Forwarded-For`` client when the peer is a trusted proxy."""
+        if not peer:
+            return "-"
+        if not self.trusted_proxies or not forwarded_for or not self._trusted(peer):
+            return peer
+        hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
+        for hop in reversed(hops):
+            if not self._trusted(hop):
+                return hop if _is_ip(hop) else peer
+        return hops[0] if hops and _is_ip(hops[0]) else peer
+
+    def _trusted(self, addr: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.trusted_proxies)
+
+
+def _is_ip(addr: str) -> bool:
+    try:
+        ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    return True
+
+
+class RequestState:
+    """One request's bookkeeping: timings, status, bytes, servlet, metrics."""
+
+    __slots__ = (
+        "_route",
+        "bytes_sent",
+        "cancelled",
+        "completed",
+        "ctx",
+        "echo_id",
+        "gone_at",
+        "handler_finished",
+        "method",
+        "opts",
+        "path",
+        "received",
+        "received_counted",
+        "received_ts",
+        "reported",
+        "request",
+        "response_sent",
+        "response_started",
+        "scheme",
+        "server_name",
+        "servlet",
+        "status",
+    )
+
+    def __init__(
+        self,
+        opts: WebOptions,
+        *,
+        method: str,
+        path: str,
+        raw_uri: str,
+        protocol: str,
+        peer: str | None,
+        headers_get: Callable[[str], str | None],
+        scheme: str,
+        route: Callable[[], str | None] | None = None,
+    ) -> None:
+        self.received = time.monotonic()
+        self.received_ts = time.time()
+        self.opts = opts
+        self.method = method
+        self.path = path
+        self.scheme = scheme
+        rid, self.echo_id = opts.choose_request_id(headers_get(opts.request_id_header))
+        ip = opts.client_ip(peer, headers_get("X-Forwarded-For") if opts.trusted_proxies else None)
+        self.request = ContextRequest(
+            request_id=f"{method}-{rid}",
+            ip_address=ip,
+            site_tag=opts.site_tag,
+            method=method,
+            url=redact_uri(raw_uri, opts.redact_params),
+            protocol=protocol,
+            user_agent=headers_get("User-Agent") or "-",
+        )
+        self.ctx = LoggingContext(self.request.request_id, server_name=opts.server_name, request=self.request)
+        self.server_name = self.ctx.server_name
+        self.servlet: str | None = None
+        self._route = route
+        self.handler_finished: float | None = None
+        self.response_sent: float | None = None
+        self.response_started = False
+        self.gone_at: float | None = None
+        self.status: int | None = None
+        self.bytes_sent = 0
+        self.completed = False
+        self.cancelled = False
+        self.received_counted = False
+        self.reported = ContextResourceUsage()
+
+    @property
+    def request_id_value(self) -> str:
+        """The value of the request-id response header."""
+        return self.echo_id if (self.echo_id and self.opts.echo_request_id) else self.ctx.name
+
+    @property
+    def servlet_name(self) -> str:
+        """The servlet label: decorator's, else the framework's route name, else ``unrouted``."""
+        s = self.servlet
+        if s is not None:
+            return s
+        if self._route is not None:
+            try:
+                r = self._route()
+            except Exception:
+                r = None
+            if r:
+                return r
+        return "unrouted"
+
+    # -- events ------------------------------------------------------------------------------
+
+    def begin(self) -> None:
+        """Inside the request context: arrival line, in-flight metrics."""
+        log_arrival(
+            self.request.ip_address,
+            self.opts.site_tag,
+            self.method,
+            self.request.url,
+            scheme=self.scheme,
+        )
+        m = _bgmetrics.active
+        if m is not None:
+            m.request_started(self)
+
+    def set_servlet(self, servlet: str) -> None:
+        """Set the servlet label (first ``@request_handler`` wins) and count the request."""
+        if self.servlet is None:
+            self.servlet = servlet
+        self._count_received()
+
+    def _count_received(self) -> None:
+        if self.received_counted:
+            return
+        self.received_counted = True
+        m = _bgmetrics.active
+        if m is not None:
+            m.request_received(self.method, self.servlet_name, self.server_name)
+
+    def handler_done(self) -> None:
+        """Mark "handler finished" (the first mark wins)."""
+        if self.handler_finished is None:
+            self.handler_finished = time.monotonic()
+
+    def client_gone(self) -> None:
+        """The client disconnected before the response was complete."""
+        if self.gone_at is None and not self.completed:
+            self.gone_at = time.monotonic()
+
+    def sent_all(self) -> None:
+        """The last byte of the response was handed to the transport."""
+        if self.gone_at is None:
+            self.completed = True
+        self.response_sent = time.monotonic()
+
+    # -- completion --------------------------------------------------------------------------
+
+    def finish(self) -> None:
+        """Inside the request context: access line, span name/attributes, request metrics."""
+        now = time.monotonic()
+        self.handler_done()
+        assert self.handler_finished is not None
+        end = self.response_sent if self.completed and self.response_sent else None
+        if end is None:
+            end = self.gone_at if self.gone_at is not None else now
+        usage = self.ctx.get_resource_usage()
+        req = self.request
+        status = self.status
+        if self.cancelled:
+            code = "499"
+        elif status is None:
+            code = "0"
+        else:
+            code = str(status)
+        rec = AccessRecord(
+            ip=req.ip_address,
+            site_tag=req.site_tag,
+            method=self.method,
+            uri=req.url,
+            protocol=req.protocol,
+            user_agent=req.user_agent,
+            requester=req.requester,
+            authenticated_entity=req.authenticated_entity,
+            processing_time=self.handler_finished - self.received,
+            send_time=end - self.handler_finished,
+            ru_utime=usage.ru_utime,
+            ru_stime=usage.ru_stime,
+            db_sched_duration_sec=usage.db_sched_duration_sec,
+            db_txn_duration_sec=usage.db_txn_duration_sec,
+            db_txn_count=usage.db_txn_count,
+            evt_db_fetch_count=usage.evt_db_fetch_count,
+            bytes_sent=self.bytes_sent,
+            status=status,
+            completed=self.completed and not self.cancelled,
+            cancelled=self.cancelled,
+            request_id=self.ctx.name,
+            servlet=self.servlet_name,
+            received_ts=self.received_ts,
+            end_ts=self.received_ts + (end - self.received),
+        )
+        quiet = self.method == "OPTIONS" or self.path in self.opts.quiet_paths
+        try:
+            log_access(rec, scheme=self.scheme, fmt=self.opts.access_line_format, quiet=quiet)
+        except Exception:
+            logger.exception("logcontext: failed to write the access line")
+        _tracing_finish(self, code)
+        m = _bgmetrics.active
+        if m is not None:
+            try:
+                self._count_received()
+                m.request_finished(
+                    self,
+                    code=code,
+                    tag=self.ctx.tag,
+                    duration=end - self.received,
+                    size=self.bytes_sent,
+                )
+            except Exception:
+                logger.exception("logcontext: failed to record request metrics")
+
+
+# -- tracing integration ---------------------------------------------------------------------
+
+
+def _tracing() -> Any:
+    """``logcontext.tracing`` if it is loaded and enabled, else ``None``."""
+    tr = sys.modules.get("logcontext.tracing")
+    if tr is None:
+        return None
+    try:
+        return tr if tr.tracing_enabled() else None
+    except Exception:
+        return None
+
+
+def start_server_span(st: RequestState, headers: Mapping[str, str]) -> Any:
+    """Enter the request's server span (owned by ``st.ctx``) if tracing is enabled.
+
+    Inbound trace context parents the span only for an allowed, authenticated origin
+    (``trace_origin`` hook; default unauthenticated), else it becomes a link.
+    Returns the entered scope (to exit) or ``None``.
+    """
+    tr = _tracing()
+    if tr is None:
+        return None
+    try:
+        origin: str | None = None
+        authenticated = False
+        hook = st.opts.trace_origin
+        if hook is not None:
+            origin, authenticated = hook(headers)
+        parent = tr.extract(headers, origin=origin, authenticated=authenticated)
+        links: list[Any] = []
+        if parent is None:
+            link = tr.extract_link(headers)
+            if link is not None:
+                links.append(link)
+        path, _, query = st.request.url.partition("?")
+        attrs: dict[str, Any] = {
+            "http.request.method": st.method,
+            "url.path": path,
+            "client.address": st.request.ip_address,
+            "user_agent.original": st.request.user_agent,
+        }
+        if query:
+            attrs["url.query"] = query
+        scope = tr.start_context_span(
+            st.ctx,
+            f"{st.method} {st.servlet_name}",
+            parent=parent,
+            links=links,
+            attributes=attrs,
+            kind="server",
+        )
+        scope.__enter__()
+        return scope
+    except Exception:
+        logger.exception("logcontext: could not start the request span")
+        return None
+
+
+def response_trace_headers() -> dict[str, str]:
+    """Trace headers to add to the response (``trace_id_header``), if tracing is enabled."""
+    tr = _tracing()
+    if tr is None:
+        return {}
+    out: dict[str, str] = {}
+    try:
+        tr.inject_response_headers(out)
+    except Exception:
+        logger.exception("logcontext: inject_response_headers failed")
+    return out
+
+
+def _tracing_finish(st: RequestState, code: str) -> None:
+    tr = _tracing()
+    if tr is None or st.ctx.span is None:
+        return
+    try:
+        servlet = st.servlet_name
+        tr.set_operation_name(f"{st.method} {servlet}")
+        tr.set_tag("http.route", servlet)
+        tr.set_tag("http.response.status_code", int(code))
+    except Exception:
+        logger.exception("logcontext: could not finish the request span")
+
+
+def apply_force_tracing(requester: str | None) -> None:
+    """``force_tracing_for`` support for ``set_requester``."""
+    tr = _tracing()
+    if tr is None:
+        return
+    try:
+        tr.apply_force_tracing_for(requester)
+    except Exception:
+        logger.exception("logcontext: apply_force_tracing_for failed")
