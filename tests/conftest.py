@@ -47,3 +47,7 @@ def _logcontext_guard(request: pytest.FixtureRequest) -> Iterator[None]:
         _config.config.step_mode = step_mode
         _config.config.misuse = misuse
     assert_in_sentinel()
+
+
+# PostgreSQL session fixture ``pg_dsn`` (throwaway cluster; see tests/_pg.py).
+from _pg import pg_dsn  # noqa: E402, F401
