@@ -1,10 +1,20 @@
-"""Per-thread CPU ledger and the checkpoint (spec §2.1).
+"""Per-thread CPU ledger and the checkpoint (spec §2.1, §2.4).
 
 Each OS thread has one :class:`Ledger`, created at its first checkpoint and
 never shared. ``checkpoint(new)`` charges the clock's advance since the last
 checkpoint to the context charged until now (the sentinel's share is booked
 as *unattributed*) and makes ``new`` the charged context; when ``new`` is
 already charged it returns without reading the clock.
+
+Step modes ``exact`` and ``lazy`` read the configured clock at each switch.
+``sampled`` (``cpu``/``rusage`` clocks) reads only ``perf_counter_ns`` at a
+switch, adding the wall delta to the outgoing context's *pending share* of the
+current window; the thread clock is read when the window closes (a checkpoint
+at least ``window_ns`` after it opened, a switch away from a context that is
+exiting, ``get_resource_usage()``), and the window's CPU advance ``C`` is
+split: the metered wall time ``W`` gets ``min(W, C)`` in proportion to each
+share, the rest is unattributed. Under the ``wall`` clock ``sampled`` behaves
+as ``exact`` (the clock is already the cheap one).
 """
 
 from __future__ import annotations
@@ -13,28 +23,58 @@ import logging
 import os
 import re
 import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from . import clock as _clock
+from ._config import config
 from ._sentinel import SENTINEL_CONTEXT
 
 if TYPE_CHECKING:
     from ._context import LoggingContext
 
-__all__ = ["Ledger", "checkpoint", "get_ledger", "in_progress", "ledger_stats", "stats"]
+__all__ = [
+    "Ledger",
+    "checkpoint",
+    "get_ledger",
+    "in_progress",
+    "ledger_stats",
+    "set_sample_window",
+    "stats",
+]
 
-_SENTINEL = SENTINEL_CONTEXT
+_SENTINEL: Any = SENTINEL_CONTEXT
 _POOL_SUFFIX = re.compile(r"(?:[-_]\d+)+$")
+
+#: The cheap clock of the ``sampled`` mode (tests swap it with :func:`use_wall_clock`).
+perf_counter_ns: Callable[[], int] = time.perf_counter_ns
+_wall: Callable[[], int] = time.perf_counter_ns
+
+
+def _window_from_env() -> int:
+    raw = os.environ.get("LOGCONTEXT_SAMPLE_WINDOW_MS", "")
+    try:
+        ms = float(raw) if raw else 1.0
+    except ValueError:
+        ms = 1.0
+    return max(int(ms * 1_000_000), 0)
+
+
+#: Minimum window length of the ``sampled`` step mode, in ns.
+_window_ns: int = _window_from_env()
 
 
 class _Stats:
     """Process-wide counters exported as metrics."""
 
-    __slots__ = ("clock_regressions", "late_cpu_ns")
+    __slots__ = ("clock_regressions", "late_cpu_ns", "windows")
 
     def __init__(self) -> None:
         self.late_cpu_ns = 0
         self.clock_regressions = 0
+        self.windows = 0
 
 
 stats = _Stats()
@@ -51,21 +91,36 @@ def thread_label(name: str) -> str:
 
 
 class Ledger:
-    """One thread's accounting state (see the module docstring)."""
+    """One thread's accounting state (see the module docstring).
+
+    ``sampled``/``end_cp``/``window_ns``/``wall`` are derived from the settings
+    of generation ``flags_gen``; ``pend`` maps contexts to their pending wall
+    share (ns) of the window opened at ``wopen``; ``wlast`` is the wall reading
+    at the last switch.
+    """
 
     __slots__ = (
         "__weakref__",
         "attributed_ns",
         "charged",
         "depth",
+        "end_cp",
+        "flags_gen",
         "last_s",
         "last_u",
         "mode_generation",
+        "pend",
+        "sampled",
         "thread_label",
         "unattributed_ns",
+        "wall",
+        "window_ns",
+        "wlast",
+        "wopen",
     )
 
     charged: LoggingContext | Any
+    pend: dict[Any, int]
 
     def __init__(self) -> None:
         self.charged = _SENTINEL
@@ -73,9 +128,17 @@ class Ledger:
         self.unattributed_ns = 0
         self.attributed_ns = 0
         self.thread_label = thread_label(threading.current_thread().name)
+        self.pend = {}
+        self.sampled = False
+        self.end_cp = True
+        self.window_ns = _window_ns
+        self.wall = _wall
+        self.wlast = self.wopen = 0
+        self.flags_gen = -1
         self.mode_generation = _clock._generation
         r = _clock._reader()
         self.last_u, self.last_s = r if r is not None else (0, 0)
+        _reconfigure(self)
         with _fold_lock:
             _live[id(self)] = self
 
@@ -106,6 +169,55 @@ def get_ledger() -> Ledger:
         return led
 
 
+def _reconfigure(led: Ledger) -> None:
+    """Derive the ledger's step flags from the settings; entering ``sampled`` opens a window."""
+    led.flags_gen = _clock._generation
+    mode = config.step_mode
+    sampled = (
+        mode == "sampled"
+        and _clock._metering
+        and (_clock._fake is not None or config.clock_mode in ("cpu", "rusage"))
+    )
+    led.end_cp = mode != "lazy"
+    led.window_ns = _window_ns
+    led.wall = _wall
+    led.pend.clear()
+    if sampled:
+        r = _clock._reader()
+        if r is not None:
+            led.last_u, led.last_s = r
+        led.mode_generation = _clock._generation
+        led.wlast = led.wopen = _wall()
+    led.sampled = sampled
+
+
+def set_sample_window(ms: float) -> None:
+    """Set the minimum window of the ``sampled`` step mode (default 1 ms).
+
+    Longer windows read the thread clock less often; attribution drifts only
+    within a window. Applies at each thread's next checkpoint.
+    """
+    global _window_ns
+    if not isinstance(ms, (int, float)) or isinstance(ms, bool) or ms < 0:
+        raise ValueError(f"sample window must be a non-negative number of ms, got {ms!r}")
+    _window_ns = int(ms * 1_000_000)
+    _clock._bump_generation()
+
+
+@contextmanager
+def use_wall_clock(fn: Callable[[], int]) -> Iterator[None]:
+    """Replace the ``sampled`` mode's wall clock for the block (tests only)."""
+    global _wall
+    saved = _wall
+    _wall = fn
+    _clock._bump_generation()
+    try:
+        yield
+    finally:
+        _wall = saved
+        _clock._bump_generation()
+
+
 _log = logging.getLogger("logcontext.clock")
 _warned_regression = False
 
@@ -125,8 +237,33 @@ def checkpoint(new: Any) -> None:
         led = _local.ledger
     except AttributeError:
         led = _local.ledger = Ledger()
+    if new is not led.charged:
+        switch(led, new)
+
+
+def switch(led: Ledger, new: Any) -> None:
+    """:func:`checkpoint` on a known ledger (the metering objects' entry point)."""
     old = led.charged
     if new is old:
+        return
+    if led.flags_gen != _clock._generation:
+        _reconfigure(led)
+    if led.sampled:
+        now = led.wall()
+        if old is not _SENTINEL:
+            pend = led.pend
+            pend[old] = pend.get(old, 0) + now - led.wlast
+            led.wlast = now
+            led.charged = new
+            # A switch away from a context that is no longer entered anywhere
+            # is (nearly always) its exit: close so its figures are final.
+            if old._token is None or now - led.wopen >= led.window_ns:
+                close_window(led, now)
+            return
+        led.wlast = now
+        led.charged = new
+        if now - led.wopen >= led.window_ns:
+            close_window(led, now)
         return
     led.charged = new
     r = _clock._reader()
@@ -151,12 +288,116 @@ def checkpoint(new: Any) -> None:
         old._charge_ns(du, ds)
 
 
+def close_window(led: Ledger, now: int) -> list[tuple[Any, int, int]]:
+    """Read the thread clock and split the window's CPU over the pending shares.
+
+    The caller has added the charged context's share up to ``now``. Returns the
+    charges made ``(context, user_ns, system_ns)``.
+    """
+    if led.flags_gen != _clock._generation:
+        _reconfigure(led)  # drops the shares measured under the old settings
+        return []
+    pend = led.pend
+    led.wopen = now
+    r = _clock._reader()
+    if r is None:
+        pend.clear()
+        return []
+    du = r[0] - led.last_u
+    ds = r[1] - led.last_s
+    led.last_u, led.last_s = r
+    if du < 0 or ds < 0:
+        du, ds = _regression(du, ds)
+    cpu = du + ds
+    stats.windows += 1
+    if not pend:
+        led.unattributed_ns += cpu
+        return []
+    total = sum(pend.values())
+    if total <= 0 or cpu <= 0:
+        pend.clear()
+        led.unattributed_ns += cpu
+        return []
+    given = min(total, cpu)
+    items: list[tuple[Any, int, int]] = []
+    charged = 0
+    for ctx, w in pend.items():
+        a = given * w // total
+        if a > 0:
+            au = a * du // cpu
+            items.append((ctx, au, a - au))
+            charged += a
+    pend.clear()
+    led.attributed_ns += charged
+    led.unattributed_ns += cpu - charged
+    if len(items) == 1:
+        ctx, au, as_ = items[0]
+        ctx._charge_ns(au, as_)
+    elif items:
+        _charge_many(items)
+    return items
+
+
+_ctxmod: Any = None
+
+
+def _charge_many(items: list[tuple[Any, int, int]]) -> None:
+    """Charge several contexts (and their ancestors) under one acquisition of the usage lock."""
+    global _ctxmod
+    if _ctxmod is None:
+        from . import _context
+
+        _ctxmod = _context
+    late: list[tuple[Any, list[Any], int, int]] | None = None
+    with _ctxmod._usage_lock:
+        for ctx, du, ds in items:
+            ut = du * 1e-9
+            st = ds * 1e-9
+            u = ctx._usage
+            u.ru_utime += ut
+            u.ru_stime += st
+            fin = [ctx] if ctx.finished else None
+            for c in ctx._ancestors:
+                u = c._usage
+                u.ru_utime += ut
+                u.ru_stime += st
+                if c.finished:
+                    fin = [c] if fin is None else [*fin, c]
+            if fin is not None:
+                late = [] if late is None else late
+                late.append((ctx, fin, du, ds))
+    if late is not None:
+        for ctx, fin, du, ds in late:
+            stats.late_cpu_ns += du + ds
+            ctx._late(fin, du * 1e-9, ds * 1e-9, 0, 0.0, 0.0, 0)
+
+
 def in_progress(ctx: Any) -> tuple[int, int] | None:
-    """The not-yet-charged slice of this thread if it is charging ``ctx`` or a descendant."""
+    """The not-yet-charged slice of this thread if it is charging ``ctx`` or a descendant.
+
+    In the ``sampled`` mode this closes the thread's window instead (charging
+    every pending share) and returns what that charged to ``ctx``'s subtree,
+    since the caller's copy of the totals was taken just before.
+    """
     try:
         led = _local.ledger
     except AttributeError:
         return None
+    if led.sampled and led.flags_gen == _clock._generation:
+        ch = led.charged
+        if ch is _SENTINEL and not led.pend:
+            return None
+        now = led.wall()
+        if ch is not _SENTINEL:
+            pend = led.pend
+            pend[ch] = pend.get(ch, 0) + now - led.wlast
+            led.wlast = now
+        su = ss = 0
+        for c, u, s in close_window(led, now):
+            if c is ctx or ctx in c._ancestors:
+                su += u
+                ss += s
+        return (su, ss) if su or ss else None
     ch = led.charged
     if ch is _SENTINEL or (ch is not ctx and ctx not in ch._ancestors):
         return None
@@ -172,7 +413,7 @@ def ledger_stats() -> list[tuple[str, int, int]]:
     """``(thread label, attributed_ns, unattributed_ns)``, exited threads folded in.
 
     Values are read without stopping the threads: a thread's figures are as of
-    its last checkpoint.
+    its last checkpoint (in the ``sampled`` mode, its last closed window).
     """
     with _fold_lock:
         acc = {k: list(v) for k, v in _exited.items()}
@@ -184,13 +425,18 @@ def ledger_stats() -> list[tuple[str, int, int]]:
 
 
 def _after_fork_in_child() -> None:
-    global _local, _fold_lock
+    global _fold_lock
     _fold_lock = threading.Lock()
     _live.clear()
-    _local = _Local()
+    _exited.clear()
     from ._context import current_context
 
-    led = get_ledger()
+    # Keep the same ``threading.local`` (other modules hold it): replace the
+    # surviving thread's ledger with a fresh one reading the child's clock.
+    old = getattr(_local, "ledger", None)
+    if old is not None:
+        old.attributed_ns = old.unattributed_ns = 0  # nothing to fold from before fork
+    led = _local.ledger = Ledger()
     led.charged = current_context()
 
 
