@@ -69,6 +69,13 @@ def apply_schema(txn: Any) -> None:
                 txn.execute(statement.strip())
 
 
+def _own_context(name: str) -> contextlib.AbstractContextManager[Any]:
+    """A context named ``name`` when called from none (in-process callers, tests)."""
+    if _instrument.current_context():
+        return contextlib.nullcontext()
+    return _instrument.logging_context(name)
+
+
 EVENT_TABLES = [("event_stream", "stream_ordering")]
 STREAM_NAMES = ("device_lists", "events", "typing")
 
@@ -273,8 +280,9 @@ class MainProcess:
         if state_key is not None:
             deltas.insert(0, (event_type, state_key, event_id))
         body = json.dumps({"sender": sender, "content": content or {}})
-        async with self.events_gen.get_next() as ordering:
-            await self.store.persist_event(ordering, record, deltas, self.instance_name, body)
+        with _own_context("send_event"):
+            async with self.events_gen.get_next() as ordering:
+                await self.store.persist_event(ordering, record, deltas, self.instance_name, body)
         return event_id, ordering
 
     async def change_devices(self, user_id: str, device_ids: Sequence[str], hosts: Sequence[str] = ()) -> int:

@@ -115,6 +115,24 @@ def _retryable(e: BaseException) -> bool:
     return name in {"SerializationFailure", "DeadlockDetected"}
 
 
+class _ConvertingCursor:
+    """Wraps a driver cursor so SQL written with ``?`` runs on psycopg too."""
+
+    def __init__(self, cur: Any, engine: _Engine) -> None:
+        self._cur = cur
+        self._engine = engine
+
+    def execute(self, sql: str, args: Any = None) -> Any:
+        sql = self._engine.convert_param_style(sql)
+        return self._cur.execute(sql) if args is None else self._cur.execute(sql, args)
+
+    def executemany(self, sql: str, args: Any) -> Any:
+        return self._cur.executemany(self._engine.convert_param_style(sql), args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cur, name)
+
+
 class FallbackPool:
     """Minimal stand-in for ``logcontext.db.DatabasePool`` (same call surface).
 
@@ -147,7 +165,7 @@ class FallbackPool:
         conn = self._conn()
         attempt = 0
         while True:
-            cur = conn.cursor()
+            cur = _ConvertingCursor(conn.cursor(), self.engine)
             try:
                 if self.engine.name == "sqlite":
                     cur.execute("BEGIN")

@@ -98,15 +98,28 @@ def current_context() -> Any:
     return fn() if fn is not None else None
 
 
+_bg_counts: dict[str, int] = {}
+
+
 def background_process(
     desc: str, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any
 ) -> asyncio.Task[Any]:
-    """``run_as_background_process(desc, fn, *args)``, or a plain task."""
+    """``run_as_background_process(desc, fn, *args)``, or a task in its own context."""
     runner = _lc_attr("run_as_background_process")
     if runner is not None:
         task: asyncio.Task[Any] = runner(desc, fn, *args)
         return task
-    return asyncio.ensure_future(fn(*args))
+    n = _bg_counts[desc] = _bg_counts.get(desc, 0) + 1
+
+    async def run() -> Any:
+        preserve = _lc_attr("PreserveLoggingContext")
+        ctx = new_context(f"{desc}-{n}")
+        if ctx is None or preserve is None:
+            return await fn(*args)
+        with preserve(), ctx:
+            return await fn(*args)
+
+    return asyncio.ensure_future(run())
 
 
 @contextlib.contextmanager

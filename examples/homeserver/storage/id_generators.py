@@ -34,10 +34,17 @@ def identity_sql(sql: str) -> str:
 
 
 def param_converter(db: Any) -> Callable[[str], str]:
-    """``db.engine.convert_param_style`` if the pool has one, else the identity."""
-    engine = getattr(db, "engine", None)
-    fn = getattr(engine, "convert_param_style", None)
-    return fn if callable(fn) else identity_sql
+    """The converter transaction functions apply to their SQL for ``db``.
+
+    ``logcontext.db.DatabasePool`` cursors (and the fallback pool's) convert
+    ``?`` placeholders themselves, so this is the identity unless the pool hands
+    out raw driver cursors (``raw_cursors = True``).
+    """
+    if getattr(db, "raw_cursors", False):
+        fn = getattr(getattr(db, "engine", None), "convert_param_style", None)
+        if callable(fn):
+            return fn  # type: ignore[no-any-return]
+    return identity_sql
 
 
 def max_stream_id_txn(txn: Any, tables: Sequence[tuple[str, str]]) -> int:
