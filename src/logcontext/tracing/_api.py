@@ -6,10 +6,7 @@ guarded: a backend failure is logged once per operation and never raised into us
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import importlib.util
-import inspect
 import logging
 import re
 import sys
@@ -17,7 +14,7 @@ import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
 from contextvars import ContextVar, Token
 from types import TracebackType
-from typing import Any, Final, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast, overload
 
 from .. import _config, _hooks, _misuse
 from .._context import LoggingContext, PreserveLoggingContext, current_context
@@ -30,6 +27,9 @@ from ._base import (
     Span,
     SpanContext,
 )
+
+if TYPE_CHECKING:
+    import asyncio
 
 logger = logging.getLogger("logcontext.tracing")
 
@@ -848,6 +848,8 @@ def _tracing_possible() -> bool:
     if _enabled:
         return True
     if _extra_installed is None:
+        import importlib.util
+
         _extra_installed = any(
             importlib.util.find_spec(mod) is not None for mod in ("opentelemetry", "opentracing")
         )
@@ -890,7 +892,10 @@ def _end_with_result(scope: _SpanScope, result: Any) -> Any:
 
         d.addCallbacks(on_success, on_failure)
         return d
-    if asyncio.isfuture(result):
+    import inspect
+    from asyncio import isfuture
+
+    if isfuture(result):
         scope.detach()
 
         def on_done(fut: asyncio.Future[Any]) -> None:
@@ -907,6 +912,8 @@ def _end_with_result(scope: _SpanScope, result: Any) -> Any:
 
 
 def _wrap(fn: F, name: str) -> F:
+    import inspect
+
     if inspect.iscoroutinefunction(fn):
 
         @functools.wraps(fn)
@@ -976,6 +983,8 @@ def tag_args(fn: F | None = None) -> F | Callable[[F], F]:
         return tag_args
     if not _tracing_possible():
         return fn
+    import inspect
+
     sig = inspect.signature(fn)
     params = sig.parameters
 

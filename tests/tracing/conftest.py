@@ -1,0 +1,45 @@
+"""Fixtures for the tracing tests: one harness per backend, each recording finished spans.
+
+``tracing`` is parametrised over the OTel SDK (in-memory exporter), opentracing's ``MockTracer``
+and jaeger-client with its in-memory reporter; every harness normalises finished spans to
+:class:`Finished` so the same assertions run against all three.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from _tracing_harness import Harness
+
+from logcontext import _hooks
+from logcontext.tracing import _api, set_propagation_allowlist, shutdown_tracing
+
+
+@pytest.fixture(autouse=True)
+def _reset_tracing() -> Iterator[None]:
+    """Every test starts and ends uninitialised, with an empty allow-list."""
+    shutdown_tracing(2.0)
+    yield
+    shutdown_tracing(2.0)
+    set_propagation_allowlist(())
+    _api._logged_errors.clear()
+    _hooks.span_ender = None
+
+
+@pytest.fixture(params=["otel", "mock", "jaeger"])
+def tracing(request: pytest.FixtureRequest) -> Harness:
+    """An initialised backend (default options); see :class:`Harness`."""
+    return Harness(request.param).init()
+
+
+@pytest.fixture
+def otel() -> Harness:
+    """The OTel SDK backend with an in-memory exporter."""
+    return Harness("otel").init()
+
+
+@pytest.fixture
+def make_harness() -> Callable[..., Harness]:
+    """Build a harness with custom ``init_tracing`` options: ``make_harness("otel", ...)``."""
+    return lambda kind, **kwargs: Harness(kind).init(**kwargs)
