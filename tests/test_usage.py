@@ -106,8 +106,8 @@ def test_cpu_rolls_up_while_child_runs() -> None:
             with LoggingContext("grandchild", parent_context=child):
                 for i in range(200_000):
                     x += i
-            mid_parent = parent.get_resource_usage().ru_utime
             mid_child = child.get_resource_usage().ru_utime
+            mid_parent = parent.get_resource_usage().ru_utime  # read later: includes at least as much
         assert mid_parent >= mid_child > 0
     assert parent.get_resource_usage().ru_utime >= child.get_resource_usage().ru_utime > 0
 

@@ -14,7 +14,6 @@ False
 from __future__ import annotations
 
 import importlib
-from typing import Any
 
 from . import _config as _config_module
 from ._config import configure
@@ -30,6 +29,11 @@ from ._context import (
 )
 from ._misuse import LogContextError, MisuseReport, set_misuse_hook
 from ._usage import ContextResourceUsage
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 
 __version__ = "0.1.0.dev0"
 

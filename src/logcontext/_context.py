@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-import random
-import string
 import threading
 from contextvars import ContextVar, Token
-from dataclasses import dataclass
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from . import _hooks, _ledger
 from . import clock as _clock
@@ -19,8 +14,10 @@ from ._misuse import report
 from ._sentinel import SENTINEL_CONTEXT, _Sentinel
 from ._usage import ContextResourceUsage
 
+TYPE_CHECKING = False  # typing is not imported at run time (import cost, spec P18)
 if TYPE_CHECKING:
-    from typing import Self
+    from types import TracebackType
+    from typing import Any, Final, Self
 
 __all__ = [
     "SENTINEL_CONTEXT",
@@ -33,8 +30,6 @@ __all__ = [
     "set_current_context",
 ]
 
-LoggingContextOrSentinel: TypeAlias = "LoggingContext | _Sentinel"
-
 _current: Final[ContextVar[LoggingContextOrSentinel]] = ContextVar("logcontext", default=SENTINEL_CONTEXT)
 _var_get: Final = _current.get
 _var_set: Final = _current.set
@@ -44,27 +39,79 @@ _var_reset: Final = _current.reset
 _usage_lock = threading.Lock()
 
 _dbg: Final = logging.getLogger("logcontext.debug")
-_ID_CHARS: Final = string.ascii_lowercase + string.digits
+_ID_CHARS: Final = "abcdefghijklmnopqrstuvwxyz0123456789"
 
 
-def current_context() -> LoggingContextOrSentinel:
-    """The logging context current in this task or thread (the sentinel if none)."""
-    return _var_get()
+#: ``current_context()``: the logging context current in this task or thread
+#: (the sentinel if none). It is the variable's bound ``get``, so reading it
+#: costs no more than reading a ``ContextVar``.
+current_context: Final = _var_get
 
 
-@dataclass(slots=True)
 class ContextRequest:
-    """Plain data copied from an HTTP request, shared by its context and children."""
+    """Plain data copied from an HTTP request, shared by its context and children.
 
-    request_id: str
-    ip_address: str
-    site_tag: str
-    method: str
-    url: str
-    protocol: str
-    user_agent: str
-    requester: str | None = None
-    authenticated_entity: str | None = None
+    Equivalent to a ``@dataclass(slots=True)`` (written out by hand so that
+    ``import logcontext`` does not import :mod:`dataclasses`). Authentication
+    fills ``requester`` and ``authenticated_entity`` by mutation.
+    """
+
+    __slots__ = (
+        "authenticated_entity",
+        "ip_address",
+        "method",
+        "protocol",
+        "request_id",
+        "requester",
+        "site_tag",
+        "url",
+        "user_agent",
+    )
+
+    _FIELDS = (
+        "request_id",
+        "ip_address",
+        "site_tag",
+        "method",
+        "url",
+        "protocol",
+        "user_agent",
+        "requester",
+        "authenticated_entity",
+    )
+
+    def __init__(
+        self,
+        request_id: str,
+        ip_address: str,
+        site_tag: str,
+        method: str,
+        url: str,
+        protocol: str,
+        user_agent: str,
+        requester: str | None = None,
+        authenticated_entity: str | None = None,
+    ) -> None:
+        self.request_id = request_id
+        self.ip_address = ip_address
+        self.site_tag = site_tag
+        self.method = method
+        self.url = url
+        self.protocol = protocol
+        self.user_agent = user_agent
+        self.requester = requester
+        self.authenticated_entity = authenticated_entity
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{f}={getattr(self, f)!r}" for f in self._FIELDS)
+        return f"ContextRequest({inner})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ContextRequest):
+            return NotImplemented
+        return all(getattr(self, f) == getattr(other, f) for f in self._FIELDS)
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 def _debug_enabled() -> bool:
@@ -76,6 +123,8 @@ def _debug_id(ctx: object) -> str:
         return "-----"
     ident: str | None = getattr(ctx, "_dbg_id", None)
     if ident is None:
+        import random
+
         ident = "".join(random.choices(_ID_CHARS, k=5))
         ctx._dbg_id = ident  # type: ignore[attr-defined]
     return ident
@@ -83,6 +132,19 @@ def _debug_id(ctx: object) -> str:
 
 def _trace(event: str, ctx: object, other: object) -> None:
     _dbg.debug("%s %s[%s] (from/to %s[%s])", event, ctx, _debug_id(ctx), other, _debug_id(other))
+
+
+class _Extra:
+    """Rarely set fields of a context, kept out of the hot construction path."""
+
+    __slots__ = ("end_span_on_exit", "late_usage", "request", "server_name", "tag")
+
+    def __init__(self) -> None:
+        self.server_name: str | None = None
+        self.request: ContextRequest | None = None
+        self.tag = ""
+        self.late_usage: ContextResourceUsage | None = None
+        self.end_span_on_exit = False
 
 
 class LoggingContext:
@@ -94,6 +156,9 @@ class LoggingContext:
     ``record_*``) is added to the context **and all its ancestors** at once,
     so a parent's figures include a running child's work.
 
+    ``server_name`` and ``request`` fall back to the parent's (the same
+    object) and then, for ``server_name``, to ``configure(default_server_name=)``.
+
     >>> with LoggingContext("request-1") as ctx:
     ...     ctx.record_db_txn(0.002)
     >>> ctx.get_resource_usage().db_txn_count
@@ -104,33 +169,24 @@ class LoggingContext:
         "__weakref__",
         "_ancestors",
         "_dbg_id",
+        "_extra",
         "_reported",
         "_token",
-        "_tokens",
-        "_usage",
-        "end_span_on_exit",
+        "_u",
         "finished",
-        "late_usage",
         "name",
         "parent_context",
-        "request",
-        "server_name",
         "span",
-        "tag",
     )
 
     name: str
-    server_name: str
     parent_context: LoggingContext | None
-    request: ContextRequest | None
-    tag: str
     finished: bool
     span: Any
-    end_span_on_exit: bool
-    late_usage: ContextResourceUsage | None
     _ancestors: tuple[LoggingContext, ...]
-    _token: Token[LoggingContextOrSentinel] | None
-    _usage: ContextResourceUsage
+    _token: Token[LoggingContextOrSentinel] | list[Token[LoggingContextOrSentinel]] | None
+    _u: ContextResourceUsage | None
+    _extra: _Extra | None
 
     def __init__(
         self,
@@ -153,22 +209,88 @@ class LoggingContext:
                 )
             self.parent_context = parent_context
             self._ancestors = (parent_context, *parent_context._ancestors)
-            if server_name is None:
-                server_name = parent_context.server_name
-            if request is None:
-                request = parent_context.request
         else:
             self.parent_context = None
             self._ancestors = ()
-        self.server_name = server_name if server_name is not None else config.default_server_name
-        self.request = request
-        self.tag = tag
         self.finished = False
         self.span = None
-        self.end_span_on_exit = False
-        self.late_usage = None
-        self._usage = ContextResourceUsage()
         self._token = None
+        self._u = None
+        if server_name is None and request is None and not tag:
+            self._extra = None
+        else:
+            x = self._extra = _Extra()
+            x.server_name = server_name
+            x.request = request
+            x.tag = tag
+
+    def _x(self) -> _Extra:
+        x = self._extra
+        if x is None:
+            x = self._extra = _Extra()
+        return x
+
+    @property
+    def server_name(self) -> str:
+        """Explicit, else the parent's, else the configured default."""
+        x = self._extra
+        if x is not None and x.server_name is not None:
+            return x.server_name
+        if self.parent_context is not None:
+            return self.parent_context.server_name
+        return config.default_server_name
+
+    @server_name.setter
+    def server_name(self, value: str) -> None:
+        self._x().server_name = value
+
+    @property
+    def request(self) -> ContextRequest | None:
+        """Explicit, else the parent's (the same object)."""
+        x = self._extra
+        if x is not None and x.request is not None:
+            return x.request
+        if self.parent_context is not None:
+            return self.parent_context.request
+        return None
+
+    @request.setter
+    def request(self, value: ContextRequest | None) -> None:
+        self._x().request = value
+
+    @property
+    def tag(self) -> str:
+        """Mutable metric label (not inherited)."""
+        x = self._extra
+        return "" if x is None else x.tag
+
+    @tag.setter
+    def tag(self, value: str) -> None:
+        self._x().tag = value
+
+    @property
+    def late_usage(self) -> ContextResourceUsage | None:
+        """Usage recorded after the context finished, or ``None``."""
+        x = self._extra
+        return None if x is None else x.late_usage
+
+    @property
+    def end_span_on_exit(self) -> bool:
+        """Whether leaving the ``with`` block ends :attr:`span` (set by tracing)."""
+        x = self._extra
+        return False if x is None else x.end_span_on_exit
+
+    @end_span_on_exit.setter
+    def end_span_on_exit(self, value: bool) -> None:
+        self._x().end_span_on_exit = value
+
+    @property
+    def _usage(self) -> ContextResourceUsage:
+        """The inclusive totals (created on first use; guard with the usage lock)."""
+        u = self._u
+        if u is None:
+            u = self._u = ContextResourceUsage()
+        return u
 
     def __str__(self) -> str:
         return self.name
@@ -185,17 +307,14 @@ class LoggingContext:
                 f"entering context {self.name!r} again after its block exited",
                 context=self,
             )
-        if self._token is not None:
-            report(
-                "reenter-active",
-                f"context {self.name!r} entered while already active",
-                context=self,
-            )
-            stack: list[Token[LoggingContextOrSentinel]] | None = getattr(self, "_tokens", None)
-            if stack is None:
-                self._tokens = stack = []
-            stack.append(self._token)
-        self._token = _var_set(self)
+        held = self._token
+        if held is None:
+            self._token = _var_set(self)
+        else:
+            report("reenter-active", f"context {self.name!r} entered while already active", context=self)
+            stack: list[Token[LoggingContextOrSentinel]] = held if type(held) is list else [held]  # type: ignore[list-item]
+            stack.append(_var_set(self))
+            self._token = stack
         if _clock._metering:
             _ledger.checkpoint(self)
         if _dbg.level and _debug_enabled():
@@ -212,11 +331,15 @@ class LoggingContext:
         if token is None:
             report("double-exit", f"context {self.name!r} exited more times than entered", context=self)
             return
-        stack: list[Token[LoggingContextOrSentinel]] | None = getattr(self, "_tokens", None)
-        self._token = stack.pop() if stack else None
+        if type(token) is list:
+            stack = token
+            token = stack.pop()
+            self._token = stack if len(stack) > 1 else stack[0]
+        else:
+            self._token = None
         found = _var_get()
         try:
-            _var_reset(token)
+            _var_reset(token)  # type: ignore[arg-type]
         except ValueError:
             # The token belongs to another Context: a collected or foreign-closed
             # coroutine is closing in whatever Context is ambient. Leave the
@@ -233,14 +356,13 @@ class LoggingContext:
         except RuntimeError:
             report("double-exit", f"context {self.name!r} exited twice", context=self)
             return
-        restored = _var_get()
         if _clock._metering:
-            _ledger.checkpoint(restored)
+            _ledger.checkpoint(_var_get())
         self.finished = True
         if self.span is not None and self.end_span_on_exit and _hooks.span_ender is not None:
             _hooks.span_ender(self)
         if _dbg.level and _debug_enabled():
-            _trace("exit", self, restored)
+            _trace("exit", self, _var_get())
         if found is not self:
             report(
                 "exit-mismatch",
@@ -349,9 +471,10 @@ class LoggingContext:
     ) -> None:
         with _usage_lock:
             for c in ctxs:
-                lu = c.late_usage
+                x = c._x()
+                lu = x.late_usage
                 if lu is None:
-                    c.late_usage = lu = ContextResourceUsage()
+                    x.late_usage = lu = ContextResourceUsage()
                 lu.ru_utime += ut
                 lu.ru_stime += st
                 lu.db_txn_count += txn
@@ -397,13 +520,17 @@ class LoggingContext:
     def get_resource_usage(self) -> ContextResourceUsage:
         """A copy of the inclusive totals, plus this thread's slice in progress."""
         with _usage_lock:
-            res = ContextResourceUsage(self._usage)
+            res = ContextResourceUsage(self._u)
         if _clock._metering:
             sl = _ledger.in_progress(self)
             if sl is not None:
                 res.ru_utime += sl[0] * 1e-9
                 res.ru_stime += sl[1] * 1e-9
         return res
+
+
+LoggingContextOrSentinel = LoggingContext | _Sentinel
+"""Type of :func:`current_context`'s result."""
 
 
 def set_current_context(context: LoggingContextOrSentinel) -> LoggingContextOrSentinel:

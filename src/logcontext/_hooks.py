@@ -7,7 +7,10 @@ the slot and skips the call, so an unused integration costs one load.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 if TYPE_CHECKING:
     from ._context import LoggingContext

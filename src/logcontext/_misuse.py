@@ -13,10 +13,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 from ._config import config
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 
 __all__ = ["KINDS", "LogContextError", "MisuseReport", "counts", "report", "set_misuse_hook"]
 
@@ -54,15 +57,44 @@ class LogContextError(RuntimeError):
         self.report = report
 
 
-@dataclass(frozen=True, slots=True)
 class MisuseReport:
-    """One diagnostic: what went wrong, in which context, where."""
+    """One diagnostic: what went wrong, in which context, where (immutable)."""
+
+    __slots__ = ("context", "kind", "level", "message", "site")
 
     kind: str
     message: str
     context: str | None
     site: str | None
     level: int
+
+    def __init__(self, kind: str, message: str, context: str | None, site: str | None, level: int) -> None:
+        setattr_ = object.__setattr__
+        setattr_(self, "kind", kind)
+        setattr_(self, "message", message)
+        setattr_(self, "context", context)
+        setattr_(self, "site", site)
+        setattr_(self, "level", level)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"MisuseReport is immutable: cannot set {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, MisuseReport):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def _key(self) -> tuple[str, str, str | None, str | None, int]:
+        return (self.kind, self.message, self.context, self.site, self.level)
+
+    def __repr__(self) -> str:
+        return (
+            f"MisuseReport(kind={self.kind!r}, message={self.message!r}, context={self.context!r}, "
+            f"site={self.site!r}, level={self.level!r})"
+        )
 
 
 #: Reports per kind since start-up (all policies); the metrics exporter reads it.

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Final
-
 from ._config import config
 from ._usage import ContextResourceUsage
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 
 class _Sentinel:

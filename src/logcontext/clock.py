@@ -20,17 +20,23 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Final, Literal
 
-from ._config import ClockModeName, config
+from ._config import config
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final, Literal, TypeAlias
+
+    from ._config import ClockModeName
+
+    ClockMode: TypeAlias = Literal["cpu", "rusage", "wall", "off"]
+    Reader: TypeAlias = Callable[[], "ClockReading | None"]
 
 __all__ = ["ClockMode", "ClockReading", "FakeClock", "mode", "read", "use_clock"]
 
-ClockMode = Literal["cpu", "rusage", "wall", "off"]
 ClockReading = tuple[int, int]
 """``(user_ns, system_ns)``; the system part is 0 outside ``rusage`` mode."""
 
-Reader = Callable[[], "ClockReading | None"]
 
 _thread_time_ns: Final = time.thread_time_ns
 _perf_counter_ns: Final = time.perf_counter_ns

@@ -20,10 +20,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any, Final
 
 from . import _hooks
 from ._context import _var_get
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Final
+
 
 __all__ = [
     "DEFAULT_FIELDS",

@@ -1,0 +1,245 @@
+"""Core costs, side by side in one process (spec §11: P1, P2, P3, P4, P5, P18).
+
+Prints per-operation medians and the target ratios. Comparators (structlog,
+OpenTelemetry, matrix-synapse) are measured when installed; without them the
+ratios to their anchors are printed marked "anchor, not measured here".
+
+    python benchmarks/bench_core.py            # full run (~1-2 min)
+    python benchmarks/bench_core.py --quick    # smoke run
+"""
+
+from __future__ import annotations
+
+import contextvars
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import Suite, exit_code, parse_args  # noqa: E402
+
+import logcontext  # noqa: E402
+from logcontext import LoggingContext, PreserveLoggingContext, current_context  # noqa: E402
+
+# Anchors (spec §11), microseconds, used only when a comparator is missing.
+ANCHOR_US = {"structlog": 1.2, "synapse_with": 1.97, "otel": 0.31}
+
+pc = time.perf_counter
+
+
+def b_empty(n: int) -> float:
+    t = pc()
+    for _ in range(n):
+        pass
+    return pc() - t
+
+
+_cv: contextvars.ContextVar[int] = contextvars.ContextVar("bench", default=0)
+
+
+def b_cv_get(n: int) -> float:
+    get = _cv.get
+    t = pc()
+    for _ in range(n):
+        get()
+    return pc() - t
+
+
+def b_tcv(n: int) -> float:
+    cv = _cv
+    t = pc()
+    for _ in range(n):
+        cv.reset(cv.set(1))
+    return pc() - t
+
+
+def b_current(n: int) -> float:
+    cc = current_context
+    t = pc()
+    for _ in range(n):
+        cc()
+    return pc() - t
+
+
+def b_ttt(n: int) -> float:
+    f = time.thread_time_ns
+    t = pc()
+    for _ in range(n):
+        f()
+    return pc() - t
+
+
+def b_tpc(n: int) -> float:
+    f = time.perf_counter_ns
+    t = pc()
+    for _ in range(n):
+        f()
+    return pc() - t
+
+
+def b_rusage(n: int) -> float:
+    import resource
+
+    f, who = resource.getrusage, resource.RUSAGE_THREAD
+    t = pc()
+    for _ in range(n):
+        f(who)
+    return pc() - t
+
+
+def make_with(mode: str, step_mode: str = "exact"):  # type: ignore[no-untyped-def]
+    def bench(n: int) -> float:
+        logcontext.configure(clock=mode, step_mode=step_mode)  # type: ignore[arg-type]
+        LC = LoggingContext
+        t = pc()
+        for _ in range(n):
+            with LC("x"):
+                pass
+        dt = pc() - t
+        logcontext.configure(clock="cpu", step_mode="exact")
+        return dt
+
+    return bench
+
+
+def b_preserve_off(n: int) -> float:
+    logcontext.configure(clock="off")
+    ctx = LoggingContext("p")
+    P = PreserveLoggingContext
+    t = pc()
+    for _ in range(n):
+        with P(ctx):
+            pass
+    dt = pc() - t
+    logcontext.configure(clock="cpu")
+    return dt
+
+
+def comparators(suite: Suite) -> set[str]:
+    have = set()
+    try:
+        from opentelemetry import context as otel_context
+
+        key = otel_context.create_key("bench")
+
+        def b_otel(n: int) -> float:
+            attach, detach, set_value = otel_context.attach, otel_context.detach, otel_context.set_value
+            ctx = set_value(key, 1)
+            t = pc()
+            for _ in range(n):
+                detach(attach(ctx))
+            return pc() - t
+
+        suite.add("otel attach+detach", b_otel)
+        have.add("otel")
+    except ImportError:
+        pass
+    try:
+        import structlog.contextvars as scv
+
+        def b_structlog(n: int) -> float:
+            bind, reset = scv.bind_contextvars, scv.reset_contextvars
+            t = pc()
+            for _ in range(n):
+                reset(**bind(request="x"))
+            return pc() - t
+
+        def b_structlog_cm(n: int) -> float:
+            bound = scv.bound_contextvars
+            t = pc()
+            for _ in range(n):
+                with bound(request="x"):
+                    pass
+            return pc() - t
+
+        suite.add("structlog bind+reset", b_structlog)
+        suite.add("structlog bound_contextvars", b_structlog_cm)
+        have.add("structlog")
+    except ImportError:
+        pass
+    try:
+        from synapse.logging.context import LoggingContext as SLC
+
+        def b_synapse(n: int) -> float:
+            t = pc()
+            for _ in range(n):
+                with SLC(name="x", server_name="hs"):
+                    pass
+            return pc() - t
+
+        suite.add("synapse with LoggingContext", b_synapse)
+        have.add("synapse")
+    except Exception:  # synapse import can fail in odd ways; it is optional
+        pass
+    return have
+
+
+def import_time(stmt: str, runs: int) -> float:
+    samples = []
+    for _ in range(runs):
+        t = pc()
+        subprocess.run([sys.executable, "-S", "-c", stmt] if False else [sys.executable, "-c", stmt], check=True)
+        samples.append(pc() - t)
+    return statistics.median(samples)
+
+
+def main() -> int:
+    args = parse_args(__doc__.splitlines()[0])
+    suite = Suite("core", args)
+    suite.add("empty", b_empty)
+    suite.add("ContextVar.get", b_cv_get)
+    suite.add("tcv (set+reset)", b_tcv)
+    suite.add("current_context()", b_current)
+    suite.add("thread_time_ns", b_ttt)
+    suite.add("perf_counter_ns", b_tpc)
+    if sys.platform.startswith("linux"):
+        suite.add("getrusage(THREAD)", b_rusage)
+    for mode in ("off", "wall", "cpu", "rusage"):
+        suite.add(f"with LoggingContext [{mode}]", make_with(mode))
+    suite.add("with PreserveLoggingContext [off]", b_preserve_off)
+    have = comparators(suite)
+    suite.run()
+    tcv = suite.median("tcv (set+reset)")
+    m = suite.median
+    suite.ratio("P1", "current_context()", "ContextVar.get", 1.5)
+    suite.check("P2", "with [off] / tcv", m("with LoggingContext [off]") / tcv, 4.0)
+    if "structlog" in have:
+        suite.ratio("P2", "with LoggingContext [off]", "structlog bind+reset", 0.5)
+        suite.ratio("P2", "with LoggingContext [off]", "structlog bound_contextvars", 0.5)
+    else:
+        suite.check("P2", "with [off] / structlog anchor", m("with LoggingContext [off]") / (ANCHOR_US["structlog"] * 1e-6), 0.5, anchor=True)
+    if "synapse" in have:
+        suite.ratio("P2", "with LoggingContext [off]", "synapse with LoggingContext", 0.3)
+        suite.ratio("P4", "with LoggingContext [cpu]", "synapse with LoggingContext", 1.75)
+    else:
+        for ident, mode, bound in (("P2", "off", 0.3), ("P4", "cpu", 1.75)):
+            suite.check(ident, f"with [{mode}] / synapse anchor", m(f"with LoggingContext [{mode}]") / (ANCHOR_US["synapse_with"] * 1e-6), bound, anchor=True)
+    if "otel" in have:
+        suite.ratio("--", "with LoggingContext [off]", "otel attach+detach", float("inf"), "with [off] / OTel attach+detach (informational)")
+    suite.check("P3", "with [wall] / (2 tpc + 12 tcv)", m("with LoggingContext [wall]") / (2 * m("perf_counter_ns") + 12 * tcv), 1.0)
+    suite.check("P4", "with [cpu] / (2 ttt + 12 tcv)", m("with LoggingContext [cpu]") / (2 * m("thread_time_ns") + 12 * tcv), 1.0)
+    suite.check("P5", "Preserve [off] / tcv", m("with PreserveLoggingContext [off]") / tcv, 6.0)
+    ok = suite.finish()
+
+    # P18: import cost in fresh interpreters, net of a bare interpreter start.
+    if not args.only or "import" in args.only:
+        runs = 5 if args.quick else 21
+        bare = import_time("pass", runs)
+        ours = import_time("import logcontext", runs) - bare
+        stdlib = import_time("import logging, contextvars, threading", runs) - bare
+        leak = subprocess.run(
+            [sys.executable, "-c", "import sys; b=set(sys.modules); import logcontext; "
+             "print(sorted(m for m in set(sys.modules)-b if m.split('.')[0] not in sys.stdlib_module_names and not m.startswith('logcontext')))"],
+            capture_output=True, text=True, check=True).stdout.strip()
+        imp = Suite("import", args)
+        imp.check("P18", "import logcontext / import logging,contextvars,threading (net)", ours / max(stdlib, 1e-6), 1.5)
+        imp.note(f"net import: logcontext {ours * 1e3:.2f} ms, stdlib trio {stdlib * 1e3:.2f} ms; third-party modules imported: {leak}")
+        ok = imp.finish() and ok and leak == "[]"
+    return exit_code(ok, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
