@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import struct
@@ -59,10 +60,8 @@ class _LoopThread:
 
     def stop(self) -> None:
         if self._loop is not None and self._stop is not None and not self._loop.is_closed():
-            try:
+            with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(self._stop.set)
-            except RuntimeError:
-                pass
         self._thread.join(START_TIMEOUT_S)
         if self._thread.is_alive():
             raise RuntimeError("test server did not stop in time")
@@ -103,7 +102,14 @@ def uvicorn_server(app: Any) -> Iterator[str]:
 
     sock = _bound_socket()
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, lifespan="off", log_level="critical", access_log=False, http="h11")
+    config = uvicorn.Config(
+        app,
+        lifespan="off",
+        log_level="critical",
+        access_log=False,
+        http="h11",
+        proxy_headers=False,
+    )
     server = uvicorn.Server(config)
 
     async def main(started: threading.Event, stop: asyncio.Event) -> None:
