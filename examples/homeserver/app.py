@@ -287,7 +287,8 @@ class MainProcess:
 
     async def change_devices(self, user_id: str, device_ids: Sequence[str], hosts: Sequence[str] = ()) -> int:
         """Record a device-list change; return the last stream ID used."""
-        return await add_device_change_to_streams(self.db, self.devices_gen, user_id, device_ids, hosts)
+        with _own_context("change_devices"):
+            return await add_device_change_to_streams(self.db, self.devices_gen, user_id, device_ids, hosts)
 
     def set_typing(self, room_id: str, user_id: str, typing: bool) -> int:
         return self.typing.set_typing(room_id, user_id, typing)

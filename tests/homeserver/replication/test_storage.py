@@ -100,7 +100,7 @@ async def test_restart_start_covers_pokes_table(pool: Any, all_tables: bool) -> 
 
 
 async def test_device_change_rows_and_paging(pool: Any) -> None:
-    """3 devices x 2 hosts: 3 user rows then 6 pokes, consecutive IDs, one transaction; paging at target 4 delivers all once."""
+    """3 devices x 2 hosts: 3 user rows then 6 pokes, consecutive IDs, one txn; target 4 pages all."""
     gen = await StreamIdGenerator.create(pool, "device_lists", DEVICE_LIST_TABLES)
     calls: list[str] = []
     real = pool.run_interaction
@@ -193,10 +193,11 @@ async def test_one_big_token_arrives_whole(pool: Any) -> None:
     updates, upto, limited = await store.event_updates("master", 2, 4, 100)
     groups = token_groups(updates)
     assert groups[0][0] == 3 and len(groups[0][1]) == 151
+    assert (upto, limited) == (3, True)
 
 
 async def test_start_position_is_stream_positions_not_max(pool: Any) -> None:
-    """With 9 in flight and 10 committed a reader starts at stream_positions (8) and later gets 9; MAX(id) misses it."""
+    """9 in flight, 10 committed: a reader starts at stream_positions (8), later gets 9; MAX(id) misses 9."""
     gen = await StreamIdGenerator.create(pool, "device_lists", DEVICE_LIST_TABLES)
     for _ in range(7):
         await add_device_change_to_streams(pool, gen, "@u:x", [f"D{_}"], [])  # ids 2..8
@@ -235,7 +236,7 @@ async def test_start_position_is_stream_positions_not_max(pool: Any) -> None:
 
 
 async def test_cancel_inside_get_next_waits_for_commit(pool: Any) -> None:
-    """A task cancelled in get_next() while its transaction runs: the token does not pass the ID until the commit ended."""
+    """Cancelled in get_next() mid-transaction: the token passes the ID only after the commit ended."""
     gen = await StreamIdGenerator.create(pool, "device_lists", DEVICE_LIST_TABLES)
     q = param_converter(pool)
     started = asyncio.Event()
