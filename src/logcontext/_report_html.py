@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -208,17 +209,16 @@ def render_html(
         f"{result.other_lines} other log line(s) from {len(inputs)} file(s): "
         + ", ".join(html.escape(p) for p in inputs)
     )
-    page = _TEMPLATE
-    for key, value in (
-        ("%%SUMMARY%%", summary),
-        ("%%BAD%%", bad),
-        ("%%TABLES%%", "".join(parts) or "<p>No records.</p>"),
-        ("%%STYLE%%", _STYLE),
-        ("%%DATA%%", _json_for_script(data)),
-        ("%%SCRIPT%%", _SCRIPT),
-    ):
-        page = page.replace(key, value, 1)
-    return page
+    values = {
+        "SUMMARY": summary,
+        "BAD": bad,
+        "TABLES": "".join(parts) or "<p>No records.</p>",
+        "STYLE": _STYLE,
+        "DATA": _json_for_script(data),
+        "SCRIPT": _SCRIPT,
+    }
+    # One pass, so text inserted for one slot is never scanned for another.
+    return re.sub(r"%%([A-Z]+)%%", lambda m: values[m.group(1)], _TEMPLATE)
 
 
 _STYLE = """
@@ -246,8 +246,6 @@ script-src 'unsafe-inline'; img-src data:">
 <h1>logcontext report</h1>
 <p class="meta" id="summary">%%SUMMARY%%</p>
 %%BAD%%
-<h2>Per handler</h2>
-%%TABLES%%
 <h2>CPU and DB time per handler over time</h2>
 <p class="note" id="plot-note"></p>
 <div id="plot-legend"></div>
@@ -258,6 +256,8 @@ script-src 'unsafe-inline'; img-src data:">
 (txn + sched), drawn to the same scale from the span's start and clipped to the bar (hover a bar for the
 figures).</p>
 <svg id="waterfall" width="960" height="40" role="img" aria-label="Waterfall of the slowest traces"></svg>
+<h2>Per handler</h2>
+%%TABLES%%
 <script type="application/json" id="report-data">%%DATA%%</script>
 <script>%%SCRIPT%%</script>
 </body></html>
