@@ -7,6 +7,7 @@ and jaeger-client with its in-memory reporter; every harness normalises finished
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -43,3 +44,33 @@ def otel() -> Harness:
 def make_harness() -> Callable[..., Harness]:
     """Build a harness with custom ``init_tracing`` options: ``make_harness("otel", ...)``."""
     return lambda kind, **kwargs: Harness(kind).init(**kwargs)
+
+
+class UdpAgent:
+    """A UDP socket standing in for a Jaeger agent on 127.0.0.1."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port: int = self.sock.getsockname()[1]
+
+    def receive(self, timeout_s: float = 10.0) -> list[bytes]:
+        """Datagrams received so far, waiting up to ``timeout_s`` for the first one."""
+        out: list[bytes] = []
+        self.sock.settimeout(timeout_s)
+        try:
+            out.append(self.sock.recv(65535))
+            self.sock.settimeout(0.2)
+            while True:
+                out.append(self.sock.recv(65535))
+        except (TimeoutError, BlockingIOError):
+            pass
+        return out
+
+
+@pytest.fixture
+def udp_agent() -> Iterator[UdpAgent]:
+    """A bound UDP socket (free port) that collects jaeger-client's emitBatch datagrams."""
+    agent = UdpAgent()
+    yield agent
+    agent.sock.close()
