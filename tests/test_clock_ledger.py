@@ -26,19 +26,35 @@ def test_read_per_mode() -> None:
     assert clock.mode() == "off"
 
 
-def test_off_mode_makes_no_clock_call() -> None:
-    """With the clock off no clock is read on enter/exit (the fake counts reads)."""
+def test_off_mode_makes_no_clock_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the clock off, entering and leaving contexts calls no clock at all."""
     logcontext.configure(clock="off")
-    fake = FakeClock()
-    with use_clock(fake):
-        clock._metering = False  # use_clock turns metering on; emulate "off" with a counting reader
+    calls = []
+    monkeypatch.setattr(clock, "_reader", lambda: calls.append(1))
+    with LoggingContext("a"):
+        with LoggingContext("b"):
+            with PreserveLoggingContext():
+                pass
+    assert calls == []
+
+
+def test_switch_tracer_needs_its_own_level(caplog: pytest.LogCaptureFixture) -> None:
+    """logcontext.debug is silent with the root at DEBUG, and logs enter/exit once its own level is set."""
+    import logging
+
+    dbg = logging.getLogger("logcontext.debug")
+    with caplog.at_level(logging.DEBUG):
+        with LoggingContext("quiet"):
+            pass
+        assert not [r for r in caplog.records if r.name == "logcontext.debug"]
+        dbg.setLevel(logging.DEBUG)
         try:
-            with LoggingContext("a"):
-                with LoggingContext("b"):
-                    pass
+            with LoggingContext("traced"):
+                pass
         finally:
-            clock._metering = True
-    assert fake.reads == 0
+            dbg.setLevel(logging.NOTSET)
+    lines = [r.getMessage() for r in caplog.records if r.name == "logcontext.debug"]
+    assert len(lines) == 2 and lines[0].startswith("enter traced[") and lines[1].startswith("exit traced[")
 
 
 def test_identity_skip_and_one_read_per_switch() -> None:

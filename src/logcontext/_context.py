@@ -39,6 +39,37 @@ _var_reset: Final = _current.reset
 _usage_lock = threading.Lock()
 
 _dbg: Final = logging.getLogger("logcontext.debug")
+
+#: The switch tracer is on only when ``logcontext.debug`` has its own level set
+#: to DEBUG (a root logger at DEBUG does not enable it).
+_trace_on = False
+#: ``True`` when enter/exit must do more than set the variable: metering (any
+#: clock but ``off``) or the switch tracer. One global read on the fast path.
+_hot = True
+
+
+def _refresh_hot() -> None:
+    global _hot
+    _hot = _clock._metering or _trace_on
+
+
+def _update_trace() -> None:
+    global _trace_on
+    _trace_on = bool(_dbg.level) and _dbg.isEnabledFor(logging.DEBUG)
+    _refresh_hot()
+
+
+_dbg_set_level = _dbg.setLevel
+
+
+def _set_debug_level(level: int | str) -> None:
+    _dbg_set_level(level)
+    _update_trace()
+
+
+# Setting the tracer's level (setLevel, dictConfig) refreshes the cached flag.
+_dbg.setLevel = _set_debug_level  # type: ignore[method-assign]
+_clock._listeners.append(_refresh_hot)
 _ID_CHARS: Final = "abcdefghijklmnopqrstuvwxyz0123456789"
 
 
@@ -114,10 +145,6 @@ class ContextRequest:
     __hash__ = None  # type: ignore[assignment]
 
 
-def _debug_enabled() -> bool:
-    return bool(_dbg.level) and _dbg.isEnabledFor(logging.DEBUG)
-
-
 def _debug_id(ctx: object) -> str:
     if not ctx:
         return "-----"
@@ -137,9 +164,10 @@ def _trace(event: str, ctx: object, other: object) -> None:
 class _Extra:
     """Rarely set fields of a context, kept out of the hot construction path."""
 
-    __slots__ = ("end_span_on_exit", "late_usage", "request", "server_name", "tag")
+    __slots__ = ("end_span_on_exit", "late_usage", "request", "server_name", "span", "tag")
 
     def __init__(self) -> None:
+        self.span: Any = None
         self.server_name: str | None = None
         self.request: ContextRequest | None = None
         self.tag = ""
@@ -176,13 +204,11 @@ class LoggingContext:
         "finished",
         "name",
         "parent_context",
-        "span",
     )
 
     name: str
     parent_context: LoggingContext | None
     finished: bool
-    span: Any
     _ancestors: tuple[LoggingContext, ...]
     _token: Token[LoggingContextOrSentinel] | list[Token[LoggingContextOrSentinel]] | None
     _u: ContextResourceUsage | None
@@ -213,7 +239,6 @@ class LoggingContext:
             self.parent_context = None
             self._ancestors = ()
         self.finished = False
-        self.span = None
         self._token = None
         self._u = None
         if server_name is None and request is None and not tag:
@@ -269,6 +294,16 @@ class LoggingContext:
         self._x().tag = value
 
     @property
+    def span(self) -> Any:
+        """The span owned by this context (set by tracing), or ``None``."""
+        x = self._extra
+        return None if x is None else x.span
+
+    @span.setter
+    def span(self, value: Any) -> None:
+        self._x().span = value
+
+    @property
     def late_usage(self) -> ContextResourceUsage | None:
         """Usage recorded after the context finished, or ``None``."""
         x = self._extra
@@ -315,10 +350,11 @@ class LoggingContext:
             stack: list[Token[LoggingContextOrSentinel]] = held if type(held) is list else [held]  # type: ignore[list-item]
             stack.append(_var_set(self))
             self._token = stack
-        if _clock._metering:
-            _ledger.checkpoint(self)
-        if _dbg.level and _debug_enabled():
-            _trace("enter", self, None)
+        if _hot:
+            if _clock._metering:
+                _ledger.checkpoint(self)
+            if _trace_on:
+                _trace("enter", self, None)
         return self
 
     def __exit__(
@@ -356,13 +392,15 @@ class LoggingContext:
         except RuntimeError:
             report("double-exit", f"context {self.name!r} exited twice", context=self)
             return
-        if _clock._metering:
-            _ledger.checkpoint(_var_get())
+        if _hot:
+            if _clock._metering:
+                _ledger.checkpoint(_var_get())
+            if _trace_on:
+                _trace("exit", self, _var_get())
         self.finished = True
-        if self.span is not None and self.end_span_on_exit and _hooks.span_ender is not None:
+        x = self._extra
+        if x is not None and x.span is not None and x.end_span_on_exit and _hooks.span_ender is not None:
             _hooks.span_ender(self)
-        if _dbg.level and _debug_enabled():
-            _trace("exit", self, _var_get())
         if found is not self:
             report(
                 "exit-mismatch",
@@ -547,7 +585,7 @@ def set_current_context(context: LoggingContextOrSentinel) -> LoggingContextOrSe
     _var_set(context)
     if _clock._metering:
         _ledger.checkpoint(context)
-    if _dbg.level and _debug_enabled():
+    if _trace_on:
         _trace("switch", context, previous)
     return previous
 
@@ -644,3 +682,6 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(
         before=_before_fork, after_in_parent=_after_fork_parent, after_in_child=_after_fork_child
     )
+
+
+_update_trace()

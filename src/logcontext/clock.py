@@ -80,6 +80,13 @@ _generation: int = 0
 #: ``True`` unless the mode is ``off``: the fast path skips checkpoints entirely.
 _metering: bool = True
 _fake: FakeClock | None = None
+#: Called after every change of ``_reader``/``_metering`` (the core caches flags).
+_listeners: list[Callable[[], None]] = []
+
+
+def _notify() -> None:
+    for fn in _listeners:
+        fn()
 
 
 def _bump_generation() -> None:
@@ -115,6 +122,7 @@ def _set_mode(name: ClockModeName) -> None:
         _reader = reader
     _metering = effective != "off"
     _bump_generation()
+    _notify()
 
 
 def read() -> ClockReading | None:
@@ -166,8 +174,10 @@ def use_clock(clock: FakeClock) -> Iterator[FakeClock]:
     saved = (_reader, _fake, _metering)
     _reader, _fake, _metering = clock.read, clock, True
     _bump_generation()
+    _notify()
     try:
         yield clock
     finally:
         _reader, _fake, _metering = saved
         _bump_generation()
+        _notify()
