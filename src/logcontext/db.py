@@ -109,6 +109,15 @@ def _tracing() -> Any | None:
         return None
 
 
+def _context_span_starter(tracing: Any) -> Any | None:
+    """``start_context_span`` (a span owned by a logging context), wherever tracing keeps it."""
+    fn = getattr(tracing, "start_context_span", None)
+    if fn is None:
+        api = sys.modules.get("logcontext.tracing._api")
+        fn = getattr(api, "start_context_span", None)
+    return fn
+
+
 class _Job:
     """One submitted interaction and where its outcome goes."""
 
@@ -452,10 +461,11 @@ class DatabasePool:
                 # sentinel the restore point so the worker's ledger never keeps
                 # charging the caller once the child exits.
                 set_current_context(SENTINEL_CONTEXT)
-                with LoggingContext(parent.name, parent_context=parent):
-                    job.result = self._transact_traced(state, job)
+                child = LoggingContext(parent.name, parent_context=parent)
+                with child:
+                    job.result = self._transact_traced(state, job, child)
             else:
-                job.result = self._transact_traced(state, job)
+                job.result = self._transact_traced(state, job, None)
         except BaseException as e:
             job.exc = e
         with self._lock:
@@ -473,15 +483,17 @@ class DatabasePool:
             except RuntimeError:  # the caller's loop is closed
                 logger.debug("loop closed before interaction %r finished", job.desc)
 
-    def _transact_traced(self, state: _WorkerState, job: _Job) -> Any:
+    def _transact_traced(self, state: _WorkerState, job: _Job, owner: LoggingContext | None) -> Any:
         tracing = _tracing()
         if tracing is None:
             return self._transact(state, job, None)
-        with tracing.start_span(
-            "db.txn",
-            attributes={"db.system.name": self.engine.system_name, "logcontext.db.desc": job.desc},
-            record_usage=True,
-        ) as span:
+        attributes = {"db.system.name": self.engine.system_name, "logcontext.db.desc": job.desc}
+        start_context_span = _context_span_starter(tracing)
+        if start_context_span is None:  # older tracing module: a span with its own child
+            with tracing.start_span("db.txn", attributes=attributes, kind="client") as span:
+                return self._transact(state, job, span)
+        # The child context owns the span: it ends, with the child's usage, when the child exits.
+        with start_context_span(owner, "db.txn", attributes=attributes, kind="client") as span:
             return self._transact(state, job, span)
 
     def _transact(self, state: _WorkerState, job: _Job, span: Any) -> Any:
