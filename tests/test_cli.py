@@ -250,7 +250,7 @@ def test_span_file_from_exporter(tmp_path: Path) -> None:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-    from logcontext._jsonl_exporter import JsonLinesSpanExporter
+    from logcontext.tracing.jsonl import JsonLinesSpanExporter
 
     path = tmp_path / "spans.jsonl"
     exporter = JsonLinesSpanExporter(path)
@@ -332,12 +332,11 @@ def test_bad_options_rejected() -> None:
     assert exc.value.code == 2
 
 
-def test_console_script_module_entry(tmp_path: Path) -> None:
-    """`python -m logcontext.cli report` works as a program and exits with main()'s status."""
-    path = tmp_path / "s.jsonl"
-    path.write_text(span_line("bgproc.job", 1, 1, None, 1.0, 2.0, cpu__user_s=0.5) + "\n")
+def test_console_script_module_entry_reads_stdin() -> None:
+    """`python -m logcontext.cli report -` reads standard input and exits with main()'s status."""
     proc = subprocess.run(
-        [sys.executable, "-m", "logcontext.cli", "report", str(path)],
+        [sys.executable, "-m", "logcontext.cli", "report", "-"],
+        input=span_line("bgproc.job", 1, 1, None, 1.0, 2.0, cpu__user_s=0.5) + "\n",
         capture_output=True,
         text=True,
         timeout=60,
@@ -345,3 +344,21 @@ def test_console_script_module_entry(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert table_row(proc.stdout, "bgproc.job")[:3] == ["1", "0", "500.0"]
+
+
+def test_sort_orders(tmp_path: Path) -> None:
+    """--sort orders handlers by total CPU (default), total DB time, count or name."""
+    path = tmp_path / "s.jsonl"
+    lines = [span_line("a", 1, 1, None, 1, 2, cpu__user_s=0.1, db__txn_s=0.9)]
+    lines += [span_line("b", 2, i, None, 1, 2, cpu__user_s=0.2, db__txn_s=0.0) for i in (1, 2)]
+    lines += [span_line("c", 3, 1, None, 1, 2, cpu__user_s=0.05, db__txn_s=0.1)]
+    path.write_text("\n".join(lines) + "\n")
+
+    def order(*opts: str) -> list[str]:
+        data = json.loads(run("report", str(path), "--json", *opts)[1])
+        return [h["handler"] for h in data["span_names"]]
+
+    assert order() == ["b", "a", "c"]
+    assert order("--sort", "db") == ["a", "c", "b"]
+    assert order("--sort", "count") == ["b", "a", "c"]
+    assert order("--sort", "name") == ["a", "b", "c"]
