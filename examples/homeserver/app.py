@@ -412,7 +412,7 @@ class Worker:
         self._fetchers: list[HttpStreamFetcher] = []
 
     async def start(self) -> None:
-        """Open the database and connect to the main process (and/or the bus)."""
+        """Open the database, read start positions, connect to the main process (and/or the bus)."""
         await self._start()
 
     async def _start(self) -> None:
@@ -464,6 +464,14 @@ class Worker:
             ),
             self.consumer,
         )
+        for stream in streams:
+            if stream.source == "db":
+                try:
+                    start = await store.start_position(stream.name, "master")
+                except Exception as e:  # no schema yet: loaded on the first POSITION
+                    logger.info("Start position of %s not readable yet: %s", stream.name, e)
+                else:
+                    self.handler.cur[(stream.name, "master")] = start
         if self.main is not None:
             self.client = ReplicationClient(
                 self.handler,
