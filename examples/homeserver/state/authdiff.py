@@ -13,16 +13,25 @@ from typing import Optional
 
 __all__ = [
     "AuthDifferenceWalk",
+    "CompleteNodes",
     "Node",
     "NeedNodes",
     "auth_difference",
     "conflicted_subgraph",
     "full_auth_difference",
+    "nodes_from_graph",
     "reach_closure",
 ]
 
 Node = Optional[tuple[int, tuple[str, ...]]]
 NodeMap = Mapping[str, Node]
+
+
+class CompleteNodes(dict[str, Node]):
+    """Auth nodes of a complete graph: an ID without an entry is an unknown event."""
+
+    def __missing__(self, key: str) -> Node:
+        return None
 
 
 class NeedNodes(Exception):
@@ -115,14 +124,16 @@ class AuthDifferenceWalk:
         if self.mode != "oracle":
             for e in self.common:
                 n = _node(nodes, e, missing)
-                if n is not None:
-                    ranks[e] = n[0]
+                ranks[e] = 0 if n is None else n[0]
         if missing:
             raise NeedNodes(missing)
         full = self.full
         mask = self.mask
         heap = self.heap
+        is_common = self.is_common if self.mode == "oracle" else None
         for e, m in self.seeds.items():
+            if is_common is not None and is_common(e):
+                m = full  # a seed inside the closure of the common events
             mask[e] = m
             heap.append((-ranks[e], e))
             if m != full:
@@ -133,7 +144,7 @@ class AuthDifferenceWalk:
                     mask[e] = full
                     heap.append((-ranks[e], e))
         elif self.mode == "lazy":
-            self.u_heap = [(-ranks[e], e) for e in self.common if e in ranks]
+            self.u_heap = [(-ranks[e], e) for e in self.common if ranks[e]]
             heapq.heapify(self.u_heap)
         heapq.heapify(heap)
         self.started = True
@@ -262,3 +273,37 @@ def conflicted_subgraph(conflicted: Collection[str], nodes: NodeMap) -> set[str]
                     marked.add(e)
                     break
     return marked
+
+
+def nodes_from_graph(auth_events: Mapping[str, Iterable[str]]) -> CompleteNodes:
+    """``(rank, auth IDs)`` for a plain graph (node → cited nodes); a cycle raises.
+
+    IDs cited but absent from the mapping are unknown events (no node).
+    """
+    from .errors import InvalidAuthGraph
+
+    graph = {k: tuple(v) for k, v in auth_events.items()}
+    rank: dict[str, int] = {}
+    on_path: set[str] = set()
+    for root in graph:
+        if root in rank:
+            continue
+        stack: list[tuple[str, int]] = [(root, 0)]
+        on_path.add(root)
+        while stack:
+            node, i = stack[-1]
+            parents = graph[node]
+            while i < len(parents) and (parents[i] in rank or parents[i] not in graph):
+                i += 1
+            if i < len(parents):
+                p = parents[i]
+                if p in on_path:
+                    raise InvalidAuthGraph(f"auth cycle through {p}", p)
+                stack[-1] = (node, i + 1)
+                stack.append((p, 0))
+                on_path.add(p)
+                continue
+            rank[node] = 1 + max((rank[p] for p in parents if p in rank), default=0)
+            on_path.discard(node)
+            stack.pop()
+    return CompleteNodes({k: (rank[k], graph[k]) for k in graph})

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .auth import AuthFailure, auth_types, check_auth
-from .authdiff import AuthDifferenceWalk, NeedNodes, Node, conflicted_subgraph
+from .authdiff import AuthDifferenceWalk, CompleteNodes, NeedNodes, Node, conflicted_subgraph
 from .errors import (
     InvalidEventError,
     MissingCreateError,
@@ -91,13 +91,6 @@ class _NeedEvents(Exception):
     def __init__(self, ids: Sequence[str]):
         super().__init__(f"{len(ids)} events needed")
         self.ids = ids
-
-
-class _NodeMap(dict[str, Node]):
-    """Auth nodes of a complete in-memory source: a missing ID is an unknown event."""
-
-    def __missing__(self, key: str) -> Node:
-        return None
 
 
 class _Ctx:
@@ -601,7 +594,7 @@ class InMemoryEventSource:
         for ev in events:
             self.events[ev.event_id] = ev
         compute_ranks(self.events)
-        self.nodes = _NodeMap({e.event_id: (e.auth_rank, e.auth_event_ids) for e in self.events.values()})
+        self.nodes = CompleteNodes({e.event_id: (e.auth_rank, e.auth_event_ids) for e in self.events.values()})
         self._index = index
 
     @classmethod

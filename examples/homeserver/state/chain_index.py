@@ -1,0 +1,195 @@
+"""Chain-cover index of the auth DAG (spec §4.4), for large rooms.
+
+Every indexed event gets ``(chain, seq)``; within a chain a higher ``seq`` reaches every lower
+one. Links are kept *closed*: for each chain and each chain it reaches there is a staircase of
+``(origin_seq, target_seq)`` pairs (origins and targets both increasing), so reachability is a
+single bisect, never a recursion. Unindexed auth IDs (unknown events) are remembered with the
+events citing them, so queries about them stay exact.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Callable, Collection, Iterable, Sequence
+
+__all__ = ["ChainCoverIndex"]
+
+
+class _Stair:
+    __slots__ = ("origins", "targets")
+
+    def __init__(self) -> None:
+        self.origins: list[int] = []
+        self.targets: list[int] = []
+
+    def max_at(self, seq: int) -> int:
+        """Highest target reached from origin ``seq`` (0 if none)."""
+        i = bisect_right(self.origins, seq)
+        return self.targets[i - 1] if i else 0
+
+
+class ChainCoverIndex:
+    """In-memory chain-cover index; the store persists the same ``(chain, seq)`` and links."""
+
+    def __init__(self) -> None:
+        self.position: dict[str, tuple[int, int]] = {}
+        self.chains: list[list[str]] = []
+        self.chain_keys: list[tuple[str, str | None]] = []
+        self.links: list[dict[int, _Stair]] = []
+        self.rlinks: list[set[int]] = []
+        self.dangling: dict[str, list[str]] = {}
+
+    def __len__(self) -> int:
+        return len(self.position)
+
+    def __contains__(self, event_id: object) -> bool:
+        return event_id in self.position
+
+    @property
+    def link_count(self) -> int:
+        return sum(len(s.origins) for d in self.links for s in d.values())
+
+    def add(self, event_id: str, etype: str, state_key: str | None, auth_ids: Iterable[str]) -> tuple[int, int]:
+        """Index a new event whose indexed auth events are already in (topological order)."""
+        if event_id in self.position:
+            return self.position[event_id]
+        pos = self.position
+        auths: list[tuple[int, int]] = []
+        for a in auth_ids:
+            p = pos.get(a)
+            if p is None:
+                self.dangling.setdefault(a, []).append(event_id)
+            else:
+                auths.append(p)
+        key = (etype, state_key)
+        chain = -1
+        seq = 1
+        for c, s in auths:
+            if self.chain_keys[c] == key and len(self.chains[c]) == s:
+                chain, seq = c, s + 1
+                break
+        if chain < 0:
+            chain = len(self.chains)
+            self.chains.append([])
+            self.chain_keys.append(key)
+            self.links.append({})
+            self.rlinks.append(set())
+        self.chains[chain].append(event_id)
+        pos[event_id] = (chain, seq)
+        reach: dict[int, int] = {}
+        links = self.links
+        for c, s in auths:
+            if s > reach.get(c, 0):
+                reach[c] = s
+            for c2, stair in links[c].items():
+                t = stair.max_at(s)
+                if t > reach.get(c2, 0):
+                    reach[c2] = t
+        reach.pop(chain, None)
+        own = links[chain]
+        for c2, t in reach.items():
+            stair = own.get(c2)
+            if stair is None:
+                stair = own[c2] = _Stair()
+                self.rlinks[c2].add(chain)
+            if t > stair.max_at(seq):
+                stair.origins.append(seq)
+                stair.targets.append(t)
+        return chain, seq
+
+    def reaches(self, a: str, b: str) -> bool:
+        """Whether ``b`` is ``a`` or one of its auth ancestors (both indexed)."""
+        ca, sa = self.position[a]
+        cb, sb = self.position[b]
+        if ca == cb:
+            return sb <= sa
+        stair = self.links[ca].get(cb)
+        return stair is not None and stair.max_at(sa) >= sb
+
+    def max_seqs(self, events: Iterable[str]) -> dict[int, int]:
+        """Per chain, the highest ``seq`` reached from ``events`` (ancestors-or-self)."""
+        own: dict[int, int] = {}
+        pos = self.position
+        for e in events:
+            p = pos.get(e)
+            if p is not None and p[1] > own.get(p[0], 0):
+                own[p[0]] = p[1]
+        out = dict(own)
+        links = self.links
+        for c, s in own.items():
+            for c2, stair in links[c].items():
+                t = stair.max_at(s)
+                if t > out.get(c2, 0):
+                    out[c2] = t
+        return out
+
+    def _unknown_reached(self, events: Collection[str], reach: dict[int, int]) -> set[str]:
+        pos = self.position
+        out = {e for e in events if e not in pos}
+        for x, citers in self.dangling.items():
+            if x in out:
+                continue
+            for c in citers:
+                ch, s = pos[c]
+                if reach.get(ch, 0) >= s:
+                    out.add(x)
+                    break
+        return out
+
+    def difference(self, state_sets: Sequence[Collection[str]]) -> set[str]:
+        """Auth difference (own events counted) straight from the index: per chain, ``lo < seq ≤ hi``."""
+        if not state_sets:
+            return set()
+        reaches = [self.max_seqs(s) for s in state_sets]
+        out: set[str] = set()
+        for c in set().union(*reaches):
+            vals = [r.get(c, 0) for r in reaches]
+            lo, hi = min(vals), max(vals)
+            if lo < hi:
+                out.update(self.chains[c][lo:hi])
+        unknown = [self._unknown_reached(s, r) for s, r in zip(state_sets, reaches, strict=True)]
+        out |= set().union(*unknown) - set(unknown[0]).intersection(*unknown[1:])
+        return out
+
+    def closure_oracle(self, common: Collection[str]) -> Callable[[str], bool]:
+        """A test for "ancestor-or-self of some event of ``common``" (the walk's oracle, §4.3)."""
+        pos = self.position
+        u_max: dict[int, int] = {}
+        for e in common:
+            p = pos.get(e)
+            if p is not None and p[1] > u_max.get(p[0], 0):
+                u_max[p[0]] = p[1]
+        common_unknown = {e for e in common if e not in pos}
+        reach_cache: dict[int, int] = {}
+        links = self.links
+
+        def chain_reach(c: int) -> int:
+            r = reach_cache.get(c)
+            if r is None:
+                r = u_max.get(c, 0)
+                sources = self.rlinks[c]
+                if len(sources) < len(u_max):
+                    it: Iterable[int] = (s for s in sources if s in u_max)
+                else:
+                    it = (s for s in u_max if s in sources)
+                for src in it:
+                    t = links[src][c].max_at(u_max[src])
+                    if t > r:
+                        r = t
+                reach_cache[c] = r
+            return r
+
+        def is_common(x: str) -> bool:
+            p = pos.get(x)
+            if p is None:
+                if x in common_unknown:
+                    return True
+                for citer in self.dangling.get(x, ()):
+                    cc, cs = pos[citer]
+                    if u_max.get(cc, 0) >= cs or chain_reach(cc) >= cs:
+                        return True
+                return False
+            c, s = p
+            return u_max.get(c, 0) >= s or chain_reach(c) >= s
+
+        return is_common
