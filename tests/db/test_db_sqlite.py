@@ -124,8 +124,9 @@ async def test_worker_runs_in_child_of_caller(pool: DatabasePool) -> None:
     assert seen["thread"].startswith("logcontext-db-main_")
 
 
+@pytest.mark.accuracy
 async def test_worker_cpu_rolls_up_to_caller_and_parents(pool: DatabasePool) -> None:
-    """CPU burnt in fn on the worker is charged to the caller and its ancestors."""
+    """CPU burnt in fn on the worker is charged to the caller and its ancestors (± 15 %)."""
     burnt: list[float] = []
 
     def burn(txn: Cursor) -> None:
@@ -139,7 +140,7 @@ async def test_worker_cpu_rolls_up_to_caller_and_parents(pool: DatabasePool) -> 
             before = req.get_resource_usage().ru_utime
             await pool.run_interaction("burn", burn)
             after = req.get_resource_usage().ru_utime
-    assert after - before >= burnt[0] * 0.95
+    assert burnt[0] * 0.95 <= after - before <= burnt[0] * 1.15 + 0.003
     assert parent.get_resource_usage().ru_utime >= burnt[0] * 0.95
 
 
@@ -159,12 +160,18 @@ async def test_saturated_pool_grows_scheduling_time(db_path: Path) -> None:
     scheds = await asyncio.gather(one("a"), one("b"))
     await pool.close()
     assert max(scheds) >= 0.045
-    assert min(scheds) < 0.045
+    assert max(scheds) - min(scheds) >= 0.045  # only the second one waited for the first
 
 
 def test_threads_into_children_of_one_parent_exact_count(db_path: Path) -> None:
     """8 threads x 200 transactions into children of one parent: exactly 1600 on the parent."""
-    pool = DatabasePool.sqlite(db_path, max_size=4)
+
+    def connect() -> sqlite3.Connection:
+        conn = sqlite3.connect(db_path, isolation_level=None)
+        conn.execute("PRAGMA synchronous=OFF")  # counting, not durability
+        return conn
+
+    pool = DatabasePool(connect, engine="sqlite", max_size=4)
     n = 200
     errors: list[BaseException] = []
     with LoggingContext("setup"):
