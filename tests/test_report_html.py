@@ -315,3 +315,40 @@ def test_access_log_only_page(chromium: str, tmp_path: Path) -> None:
     assert dom.body.get("data-rendered") == "ok", dom.body.get("data-error")
     assert dom.body["data-plot-db-points"] == "60"
     assert dom.body["data-waterfall-bars"] == "0" and not dom.find("g", "trace")
+
+
+def test_waterfall_rows_survive_cycles_and_orphans() -> None:
+    """Spans in a parent cycle or whose parent is missing are still laid out, each exactly once."""
+    from logcontext._report_html import slowest_traces
+    from logcontext._report_load import SpanEntry
+
+    def sp(sid: str, parent: str | None, start: float) -> SpanEntry:
+        return SpanEntry(name=sid, trace_id="t", span_id=sid, parent_id=parent, start=start, end=start + 1)
+
+    spans = [
+        sp("a", "b", 0),
+        sp("b", "a", 1),
+        sp("root", None, 0.5),
+        sp("orphan", "gone", 2),
+        sp("c", "root", 3),
+    ]
+    (trace,) = slowest_traces(spans, 5)
+    assert trace["duration"] == 4 and trace["truncated"] == 0
+    rows = trace["spans"]
+    assert sorted(r[6] for r in rows) == ["a", "b", "c", "orphan", "root"]
+    assert [(r[6], r[0]) for r in rows[:3]] == [("root", 0), ("c", 1), ("orphan", 0)]
+
+
+def test_plot_thins_large_inputs() -> None:
+    """More than MAX_POINTS units of work are thinned evenly; the total is kept for the page's note."""
+    from logcontext._report_html import MAX_POINTS, plot_series
+    from logcontext._report_load import AccessEntry, LoadResult
+
+    result = LoadResult()
+    for i in range(3 * MAX_POINTS + 7):
+        result.access.append(AccessEntry(f"h{i % 11}", None, "GET", 200, 1e9 + i, 0.1, 0.001, 0, 0, 0, 0, 0))
+    series = plot_series(result)
+    assert series["total"] == 3 * MAX_POINTS + 7
+    assert MAX_POINTS // 2 < len(series["points"]) <= MAX_POINTS
+    assert len(series["handlers"]) == 9 and series["handlers"][-1] == "other (3 handlers)"
+    assert series["axis"] == "time" and series["points"][0][0] == 0

@@ -86,6 +86,21 @@ def plot_series(result: LoadResult) -> dict[str, Any]:
     }
 
 
+def _row(s: SpanEntry, depth: int, t0: float) -> list[Any]:
+    """One waterfall row: depth, start offset, duration, name, CPU, DB time, span id, status."""
+    db = None if s.db_txn is None and s.db_sched is None else (s.db_txn or 0.0) + (s.db_sched or 0.0)
+    return [
+        depth,
+        round(s.start - t0, 9),
+        round(s.duration, 9),
+        s.name,
+        None if s.cpu is None else round(s.cpu, 6),
+        None if db is None else round(db, 6),
+        s.span_id,
+        s.status or "",
+    ]
+
+
 def _trace_rows(spans: list[SpanEntry], t0: float) -> tuple[list[list[Any]], int]:
     ids = {s.span_id for s in spans}
     children: dict[str | None, list[SpanEntry]] = {}
@@ -103,26 +118,13 @@ def _trace_rows(spans: list[SpanEntry], t0: float) -> tuple[list[list[Any]], int
             continue
         seen.add(s.span_id)
         if len(rows) < MAX_SPANS_PER_TRACE:
-            rows.append(
-                [
-                    depth,
-                    round(s.start - t0, 9),
-                    round(s.duration, 9),
-                    s.name,
-                    None if s.cpu is None else round(s.cpu, 6),
-                    None if s.db_txn is None else round(s.db_txn + (s.db_sched or 0.0), 6),
-                    s.span_id,
-                    s.status or "",
-                ]
-            )
+            rows.append(_row(s, depth, t0))
         stack.extend((c, depth + 1) for c in reversed(children.get(s.span_id, [])))
     # Spans caught in a parent cycle are never reached from a root: list them flat at the end.
     for s in spans:
         if s.span_id not in seen and len(rows) < MAX_SPANS_PER_TRACE:
             seen.add(s.span_id)
-            rows.append(
-                [0, round(s.start - t0, 9), round(s.duration, 9), s.name, s.cpu, s.db_txn, s.span_id, ""]
-            )
+            rows.append(_row(s, 0, t0))
     return rows, max(0, len(spans) - len(rows))
 
 
