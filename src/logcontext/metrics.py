@@ -121,17 +121,26 @@ def normalise_thread_name(name: str) -> str:
 class _Labelled:
     """A labelled metric plus a cache of its children, capped at ``cap`` label tuples."""
 
-    __slots__ = ("_lock", "cap", "children", "const_idx", "metric", "name", "reported")
+    __slots__ = ("_lock", "cap", "children", "const_idx", "group", "metric", "name", "reported")
 
-    def __init__(self, metric: Any, name: str, labelnames: Sequence[str], cap: int) -> None:
+    def __init__(
+        self,
+        metric: Any,
+        name: str,
+        labelnames: Sequence[str],
+        cap: int,
+        reported: set[tuple[str, ...]],
+    ) -> None:
         self.metric = metric
+        self.group = tuple(labelnames)
         self.name = name
         self.cap = cap
         self.children: dict[tuple[str, ...], Any] = {}
         code_constants = {"block_name", "servlet", "desc", "name"}
         idx = tuple(i for i, n in enumerate(labelnames) if n in code_constants)
         self.const_idx = idx or tuple(range(len(labelnames)))
-        self.reported = False
+        # Shared by the families of one Metrics: one report per label schema.
+        self.reported = reported
         self._lock = threading.Lock()
 
     def child(self, key: tuple[str, ...]) -> Any:
@@ -145,8 +154,8 @@ class _Labelled:
                 return c
             if len(self.children) >= self.cap:
                 folded = tuple(OTHER if i in self.const_idx else v for i, v in enumerate(key))
-                if not self.reported:
-                    self.reported = True
+                if folded != key and self.group not in self.reported:
+                    self.reported.add(self.group)
                     _report_cardinality(self.name, self.cap, key)
                 c = self.children.get(folded)
                 if c is None:
@@ -240,6 +249,7 @@ class Metrics:
         self.synapse_compat = synapse_compat
         self.label_cap = label_cap
         self._metrics: list[Any] = []
+        self._cap_reported: set[tuple[str, ...]] = set()
         self._lock = threading.Lock()
         from logcontext._config import config
 
@@ -251,12 +261,12 @@ class Metrics:
         def counter(key: str, doc: str, labels: Sequence[str]) -> _Labelled:
             m = Counter(name(key), doc, list(labels), registry=None)
             self._metrics.append(m)
-            return _Labelled(m, name(key), labels, label_cap)
+            return _Labelled(m, name(key), labels, label_cap, self._cap_reported)
 
         def histogram(key: str, doc: str, labels: Sequence[str], buckets: Sequence[float]) -> _Labelled:
             m = Histogram(name(key), doc, list(labels), registry=None, buckets=buckets)
             self._metrics.append(m)
-            return _Labelled(m, name(key), labels, label_cap)
+            return _Labelled(m, name(key), labels, label_cap, self._cap_reported)
 
         self.names: dict[str, str] = {k: name(k) for k in FAMILY_KEYS}
 
