@@ -362,3 +362,43 @@ def test_sort_orders(tmp_path: Path) -> None:
     assert order("--sort", "db") == ["a", "c", "b"]
     assert order("--sort", "count") == ["b", "a", "c"]
     assert order("--sort", "name") == ["a", "b", "c"]
+
+
+def test_report_of_real_tracing_spans(tmp_path: Path) -> None:
+    """Spans from init_tracing("otel") through JsonLinesSpanExporter report inclusive CPU per name."""
+    pytest.importorskip("opentelemetry.sdk")
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    from logcontext.tracing import init_tracing, shutdown_tracing, start_span
+    from logcontext.tracing.jsonl import JsonLinesSpanExporter
+
+    path = tmp_path / "spans.jsonl"
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(JsonLinesSpanExporter(path)))
+    init_tracing("otel", tracer_provider=provider)
+    try:
+        for i in range(2):
+            with LoggingContext(f"req-{i}"), start_span("handler"):
+                sum(range(20_000))
+                with start_span("inner"):
+                    sum(range(200_000))
+    finally:
+        shutdown_tracing()
+        provider.shutdown()
+    rc, out, err = run("report", str(path), "--json")
+    assert rc == 0, err
+    stats = {h["handler"]: h for h in json.loads(out)["span_names"]}
+    assert stats["handler"]["count"] == stats["inner"]["count"] == 2
+    assert stats["handler"]["db_txn_count"]["n"] == 2  # usage attributes present on every span
+    cpu: dict[str, dict[str, float]] = {}
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        attrs = rec["attributes"]
+        cpu.setdefault(rec["trace_id"], {})[rec["name"]] = (
+            attrs["logcontext.cpu.user_s"] + attrs["logcontext.cpu.system_s"]
+        )
+    assert len(cpu) == 2
+    for per_trace in cpu.values():
+        assert per_trace["handler"] >= per_trace["inner"] > 0  # the outer span's usage is inclusive
+    assert stats["handler"]["cpu_s"]["max"] == pytest.approx(max(t["handler"] for t in cpu.values()))
