@@ -60,6 +60,7 @@ def run_chromium(exe: str, tmp: Path, *args: str) -> str:
         "--disable-component-update",
         "--disable-sync",
         "--disable-extensions",
+        "--disable-dev-shm-usage",
         "--hide-scrollbars",
         f"--user-data-dir={profile}",
         *args,
@@ -85,8 +86,6 @@ class Dom(HTMLParser):
         self.elements: list[tuple[str, dict[str, str], str | None]] = []
         self.body: dict[str, str] = {}
         self._svg: str | None = None
-        self._text_of: dict[str, list[str]] = {}
-        self._open_text: str | None = None
         self.feed(text)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
