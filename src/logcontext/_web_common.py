@@ -368,12 +368,13 @@ class RequestState:
 
 
 def _tracing() -> Any:
-    """``logcontext.tracing`` if it is loaded and enabled, else ``None``."""
-    tr = sys.modules.get("logcontext.tracing")
-    if tr is None:
+    """The tracing API module if ``logcontext.tracing`` is loaded and enabled, else ``None``."""
+    if "logcontext.tracing" not in sys.modules:
         return None
     try:
-        return tr if tr.tracing_enabled() else None
+        from logcontext.tracing import _api
+
+        return _api if _api.tracing_enabled() else None
     except Exception:
         return None
 
