@@ -62,12 +62,33 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _traversable_by_others(path: Path) -> bool:
+    """True if every directory from ``/`` down to ``path`` lets other users through."""
+    for p in (path, *path.parents):
+        try:
+            if not os.stat(p).st_mode & 0o001:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def _temp_parent() -> str | None:
+    """A temp directory the server user can reach (``TMPDIR`` may sit under ``/root``)."""
+    if os.geteuid() != 0:
+        return None
+    for candidate in (tempfile.gettempdir(), "/tmp", "/var/tmp", "/dev/shm"):
+        if Path(candidate).is_dir() and _traversable_by_others(Path(candidate)):
+            return candidate
+    return None
+
+
 class PgCluster:
     """One ``initdb``-created cluster in ``root``; ``start()``/``stop()``."""
 
     def __init__(self, bindir: Path) -> None:
         self.bindir = bindir
-        self.root = Path(tempfile.mkdtemp(prefix="logcontext-pg-"))
+        self.root = Path(tempfile.mkdtemp(prefix="logcontext-pg-", dir=_temp_parent()))
         self.data = self.root / "data"
         self.log = self.root / "server.log"
         self.port = 0

@@ -463,3 +463,29 @@ async def test_bad_arguments_rejected(pool: DatabasePool) -> None:
         DatabasePool(sqlite3.connect, max_size=0)
     with pytest.raises(ValueError, match="engine"):
         DatabasePool(sqlite3.connect, engine="oracle")  # type: ignore[arg-type]
+
+
+@pytest.mark.accuracy
+def test_worker_cpu_rolls_up_from_thread_caller(pool: DatabasePool) -> None:
+    """From a plain thread, submit_interaction charges the worker's CPU to the caller's parents."""
+    burnt: list[float] = []
+
+    def burn(txn: Cursor) -> None:
+        t0 = time.thread_time()
+        while time.thread_time() - t0 < 0.02:
+            pass
+        burnt.append(time.thread_time() - t0)
+
+    parent = LoggingContext("parent")
+    seen: list[float] = []
+
+    def caller() -> None:
+        with LoggingContext("thread-req", parent_context=parent) as req:
+            pool.submit_interaction("burn", burn).result(5)
+            seen.append(req.get_resource_usage().ru_utime)
+
+    t = threading.Thread(target=caller)
+    t.start()
+    t.join()
+    assert seen[0] >= burnt[0] * 0.95
+    assert burnt[0] * 0.95 <= parent.get_resource_usage().ru_utime <= burnt[0] * 1.15 + 0.003
