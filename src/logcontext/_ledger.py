@@ -93,19 +93,26 @@ def thread_label(name: str) -> str:
 class Ledger:
     """One thread's accounting state (see the module docstring).
 
-    ``sampled``/``end_cp``/``window_ns``/``wall`` are derived from the settings
-    of generation ``flags_gen``; ``pend`` maps contexts to their pending wall
-    share (ns) of the window opened at ``wopen``; ``wlast`` is the wall reading
-    at the last switch.
+    ``fast``/``clk``/``sampled``/``end_cp``/``window_ns``/``wall`` are derived
+    from the settings of generation ``flags_gen``. ``fast`` selects the switch
+    path: 0 generic (``rusage``, fake clocks: charge at once), 1 scalar clock
+    (``cpu``/``wall`` in ``exact``/``lazy``: ``clk`` is read, ``last_u`` holds
+    the last reading, and a context's CPU is added to ``pend`` and charged when
+    the window closes), 2 ``sampled`` (``pend`` holds wall shares, ``wlast`` the
+    wall reading at the last switch). Windows open at ``wopen`` (``clk`` or
+    wall units).
     """
 
     __slots__ = (
         "__weakref__",
         "attributed_ns",
         "charged",
+        "clk",
         "depth",
         "end_cp",
+        "fast",
         "flags_gen",
+        "lat",
         "last_s",
         "last_u",
         "mode_generation",
@@ -121,6 +128,7 @@ class Ledger:
 
     charged: LoggingContext | Any
     pend: dict[Any, int]
+    lat: set[Any]
 
     def __init__(self) -> None:
         self.charged = _SENTINEL
@@ -129,6 +137,9 @@ class Ledger:
         self.attributed_ns = 0
         self.thread_label = thread_label(threading.current_thread().name)
         self.pend = {}
+        self.lat = set()
+        self.fast = 0
+        self.clk = _wall
         self.sampled = False
         self.end_cp = True
         self.window_ns = _window_ns
@@ -170,25 +181,62 @@ def get_ledger() -> Ledger:
 
 
 def _reconfigure(led: Ledger) -> None:
-    """Derive the ledger's step flags from the settings; entering ``sampled`` opens a window."""
-    led.flags_gen = _clock._generation
+    """Derive the ledger's switch path from the settings (spec: a change applies at the next
+    checkpoint, dropping the interval in progress)."""
+    if led.fast == 1 and led.pend:
+        _flush_exact(led)  # CPU measured exactly under the old settings: keep it
+    led.pend.clear()
+    led.lat.clear()
+    led.flags_gen = gen = _clock._generation
     mode = config.step_mode
+    metering = _clock._metering
     sampled = (
         mode == "sampled"
-        and _clock._metering
+        and metering
         and (_clock._fake is not None or config.clock_mode in ("cpu", "rusage"))
     )
     led.end_cp = mode != "lazy"
     led.window_ns = _window_ns
     led.wall = _wall
-    led.pend.clear()
     if sampled:
         r = _clock._reader()
         if r is not None:
             led.last_u, led.last_s = r
-        led.mode_generation = _clock._generation
+        led.mode_generation = gen
         led.wlast = led.wopen = _wall()
+        led.fast = 2
+    elif _scalar_override is not None or (
+        metering and _clock._fake is None and config.clock_mode in ("cpu", "wall")
+    ):
+        clk = _scalar_override or (
+            time.thread_time_ns if config.clock_mode == "cpu" else time.perf_counter_ns
+        )
+        led.clk = clk
+        led.last_u = led.wopen = clk()
+        led.last_s = 0
+        led.mode_generation = gen
+        led.fast = 1
+    else:
+        led.fast = 0
     led.sampled = sampled
+
+
+#: Tests only: a scalar clock for the ``exact``/``lazy`` fast path (see ``use_scalar_clock``).
+_scalar_override: Callable[[], int] | None = None
+
+
+@contextmanager
+def use_scalar_clock(fn: Callable[[], int]) -> Iterator[None]:
+    """Drive the ``exact``/``lazy`` fast path from ``fn`` for the block (tests only)."""
+    global _scalar_override
+    saved = _scalar_override
+    _scalar_override = fn
+    _clock._bump_generation()
+    try:
+        yield
+    finally:
+        _scalar_override = saved
+        _clock._bump_generation()
 
 
 def set_sample_window(ms: float) -> None:
@@ -248,20 +296,41 @@ def switch(led: Ledger, new: Any) -> None:
         return
     if led.flags_gen != _clock._generation:
         _reconfigure(led)
-    if led.sampled:
+    fast = led.fast
+    if fast == 1:
+        now = led.clk()
+        d = now - led.last_u
+        led.last_u = now
+        led.charged = new
+        if d < 0:
+            d = _regression(d, 0)[0]
+        if old is _SENTINEL:
+            led.unattributed_ns += d
+            if now - led.wopen >= led.window_ns:
+                close_window(led, now)
+            return
+        pend = led.pend
+        pend[old] = pend.get(old, 0) + d
+        if old.finished:
+            led.lat.add(old)
+        # A switch away from a context that is no longer entered anywhere is
+        # (nearly always) its exit: close so its figures are final.
+        if old._token is None or now - led.wopen >= led.window_ns:
+            close_window(led, now)
+        return
+    if fast == 2:
         now = led.wall()
+        led.charged = new
         if old is not _SENTINEL:
             pend = led.pend
             pend[old] = pend.get(old, 0) + now - led.wlast
             led.wlast = now
-            led.charged = new
-            # A switch away from a context that is no longer entered anywhere
-            # is (nearly always) its exit: close so its figures are final.
+            if old.finished:
+                led.lat.add(old)
             if old._token is None or now - led.wopen >= led.window_ns:
                 close_window(led, now)
             return
         led.wlast = now
-        led.charged = new
         if now - led.wopen >= led.window_ns:
             close_window(led, now)
         return
@@ -288,8 +357,23 @@ def switch(led: Ledger, new: Any) -> None:
         old._charge_ns(du, ds)
 
 
+def _flush_exact(led: Ledger) -> list[tuple[Any, int, int]]:
+    """Charge the exactly measured pending CPU of the fast path."""
+    pend = led.pend
+    items = [(ctx, d, 0) for ctx, d in pend.items()]
+    pend.clear()
+    total = 0
+    for _, d, _ in items:
+        total += d
+    led.attributed_ns += total
+    if items:
+        _charge_items(items, led.lat)
+    return items
+
+
 def close_window(led: Ledger, now: int) -> list[tuple[Any, int, int]]:
-    """Read the thread clock and split the window's CPU over the pending shares.
+    """Close the window: charge the pending CPU (fast path) or, in the ``sampled``
+    mode, read the thread clock and split the window's CPU over the wall shares.
 
     The caller has added the charged context's share up to ``now``. Returns the
     charges made ``(context, user_ns, system_ns)``.
@@ -297,8 +381,10 @@ def close_window(led: Ledger, now: int) -> list[tuple[Any, int, int]]:
     if led.flags_gen != _clock._generation:
         _reconfigure(led)  # drops the shares measured under the old settings
         return []
-    pend = led.pend
     led.wopen = now
+    if led.fast == 1:
+        return _flush_exact(led)
+    pend = led.pend
     r = _clock._reader()
     if r is None:
         pend.clear()
@@ -330,19 +416,24 @@ def close_window(led: Ledger, now: int) -> list[tuple[Any, int, int]]:
     pend.clear()
     led.attributed_ns += charged
     led.unattributed_ns += cpu - charged
-    if len(items) == 1:
-        ctx, au, as_ = items[0]
-        ctx._charge_ns(au, as_)
-    elif items:
-        _charge_many(items)
+    if items:
+        _charge_items(items, led.lat)
+    else:
+        led.lat.clear()
     return items
 
 
 _ctxmod: Any = None
 
 
-def _charge_many(items: list[tuple[Any, int, int]]) -> None:
-    """Charge several contexts (and their ancestors) under one acquisition of the usage lock."""
+def _charge_items(items: list[tuple[Any, int, int]], lat: set[Any]) -> None:
+    """Charge deferred CPU to contexts and their ancestors under one acquisition of the lock.
+
+    A context counts as charged late only if it was already finished when its
+    pending CPU was recorded (``lat``): one that finished before the window
+    closed (e.g. exited in another ``Context``) had its CPU burnt in time.
+    Ancestors are judged now.
+    """
     global _ctxmod
     if _ctxmod is None:
         from . import _context
@@ -356,7 +447,7 @@ def _charge_many(items: list[tuple[Any, int, int]]) -> None:
             u = ctx._usage
             u.ru_utime += ut
             u.ru_stime += st
-            fin = [ctx] if ctx.finished else None
+            fin = [ctx] if ctx.finished and ctx in lat else None
             for c in ctx._ancestors:
                 u = c._usage
                 u.ru_utime += ut
@@ -366,6 +457,7 @@ def _charge_many(items: list[tuple[Any, int, int]]) -> None:
             if fin is not None:
                 late = [] if late is None else late
                 late.append((ctx, fin, du, ds))
+    lat.clear()
     if late is not None:
         for ctx, fin, du, ds in late:
             stats.late_cpu_ns += du + ds
@@ -373,27 +465,34 @@ def _charge_many(items: list[tuple[Any, int, int]]) -> None:
 
 
 def in_progress(ctx: Any) -> tuple[int, int] | None:
-    """The not-yet-charged slice of this thread if it is charging ``ctx`` or a descendant.
+    """This thread's not-yet-charged CPU of ``ctx``'s subtree (``ctx`` and its descendants).
 
-    In the ``sampled`` mode this closes the thread's window instead (charging
-    every pending share) and returns what that charged to ``ctx``'s subtree,
-    since the caller's copy of the totals was taken just before.
+    Pending charges are made first and what they gave the subtree is returned
+    with the slice in progress (the caller's copy of the totals was taken just
+    before). In the ``sampled`` mode the window is closed instead.
     """
     try:
         led = _local.ledger
     except AttributeError:
         return None
-    if led.sampled and led.flags_gen == _clock._generation:
+    fast = led.fast
+    if fast and led.flags_gen == _clock._generation:
         ch = led.charged
         if ch is _SENTINEL and not led.pend:
             return None
-        now = led.wall()
-        if ch is not _SENTINEL:
-            pend = led.pend
-            pend[ch] = pend.get(ch, 0) + now - led.wlast
-            led.wlast = now
         su = ss = 0
-        for c, u, s in close_window(led, now):
+        if fast == 2:
+            now = led.wall()
+            if ch is not _SENTINEL:
+                pend = led.pend
+                pend[ch] = pend.get(ch, 0) + now - led.wlast
+                led.wlast = now
+            items = close_window(led, now)
+        else:
+            items = _flush_exact(led) if led.pend else []
+            if ch is not _SENTINEL and (ch is ctx or ctx in ch._ancestors):
+                su = max(led.clk() - led.last_u, 0)
+        for c, u, s in items:
             if c is ctx or ctx in c._ancestors:
                 su += u
                 ss += s

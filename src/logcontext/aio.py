@@ -69,6 +69,8 @@ class MeteredCoroutine(Coroutine[Any, Any, T]):
         self._coro = coro
 
     def send(self, value: Any) -> Any:
+        # The hot path: §2.3's step with the ledger's fast switch paths inlined
+        # (``_ledger.switch`` is the reference; keep them in step).
         try:
             led = _local.ledger
         except AttributeError:
@@ -77,12 +79,27 @@ class MeteredCoroutine(Coroutine[Any, Any, T]):
         led.depth += 1
         ctx = current_context()
         if ctx is not saved:
-            if led.sampled:
-                now = led.wall()
-                if saved is not _SENTINEL:
-                    pend = led.pend
-                    pend[saved] = pend.get(saved, 0) + now - led.wlast
-                led.wlast = now
+            fast = led.fast
+            if fast and led.flags_gen == _clock._generation:
+                if fast == 1:
+                    now = led.clk()
+                    d = now - led.last_u
+                    led.last_u = now
+                    if saved is _SENTINEL:
+                        led.unattributed_ns += d
+                    else:
+                        pend = led.pend
+                        pend[saved] = pend.get(saved, 0) + d
+                        if saved.finished:
+                            led.lat.add(saved)
+                else:
+                    now = led.wall()
+                    if saved is not _SENTINEL:
+                        pend = led.pend
+                        pend[saved] = pend.get(saved, 0) + now - led.wlast
+                        if saved.finished:
+                            led.lat.add(saved)
+                    led.wlast = now
                 led.charged = ctx
             else:
                 _switch(led, ctx)
@@ -95,12 +112,27 @@ class MeteredCoroutine(Coroutine[Any, Any, T]):
                 target = saved if depth else _SENTINEL
                 old = led.charged
                 if old is not target:
-                    if led.sampled:
-                        now = led.wall()
-                        if old is not _SENTINEL:
-                            pend = led.pend
-                            pend[old] = pend.get(old, 0) + now - led.wlast
-                        led.wlast = now
+                    fast = led.fast
+                    if fast and led.flags_gen == _clock._generation:
+                        if fast == 1:
+                            now = led.clk()
+                            d = now - led.last_u
+                            led.last_u = now
+                            if old is _SENTINEL:
+                                led.unattributed_ns += d
+                            else:
+                                pend = led.pend
+                                pend[old] = pend.get(old, 0) + d
+                                if old.finished:
+                                    led.lat.add(old)
+                        else:
+                            now = led.wall()
+                            if old is not _SENTINEL:
+                                pend = led.pend
+                                pend[old] = pend.get(old, 0) + now - led.wlast
+                                if old.finished:
+                                    led.lat.add(old)
+                            led.wlast = now
                         led.charged = target
                         if now - led.wopen >= led.window_ns:
                             _close_window(led, now)
