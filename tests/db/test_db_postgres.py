@@ -232,3 +232,33 @@ async def test_concurrent_interactions_use_separate_connections(pool: DatabasePo
         pids = await asyncio.gather(*(pool.run_interaction("meet", meet) for _ in range(3)))
         assert req.get_resource_usage().db_txn_count == 3
     assert len(set(pids)) == 3
+
+
+async def test_deadlock_retried(pg_dsn: str, table: str) -> None:
+    """Two transactions locking rows in opposite order: the deadlock victim is retried."""
+    import psycopg
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f"INSERT INTO {table} (id, x) VALUES (1, 0), (2, 0)")
+    pool = DatabasePool.postgres(pg_dsn, max_size=2)
+    barrier = threading.Barrier(2, timeout=5)
+    attempts: list[str] = []
+
+    def cross(txn: Cursor, first: int, second: int) -> None:
+        attempts.append(f"{first}{second}")
+        txn.execute("SET LOCAL deadlock_timeout = '50ms'")
+        txn.execute(f"UPDATE {table} SET x = x + 1 WHERE id = ?", (first,))
+        if len(attempts) <= 2:
+            barrier.wait()  # both hold their first row
+        txn.execute(f"UPDATE {table} SET x = x + 1 WHERE id = ?", (second,))
+
+    with LoggingContext("req") as req:
+        await asyncio.gather(
+            pool.run_interaction("cross", cross, 1, 2), pool.run_interaction("cross", cross, 2, 1)
+        )
+        assert req.get_resource_usage().db_txn_count == 2
+    await pool.close()
+    assert len(attempts) == 3
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        rows = conn.execute(f"SELECT x FROM {table} ORDER BY id").fetchall()
+    assert rows == [(2,), (2,)]
