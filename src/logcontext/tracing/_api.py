@@ -222,22 +222,32 @@ def is_allowed_destination(destination: str | bytes | None) -> bool:
 
 def usage_attributes(ctx: LoggingContext) -> dict[str, AttributeValue]:
     """The §6.2 attributes for ``ctx``: name, server name, tag, inclusive CPU/DB/event usage."""
-    usage = ctx.get_resource_usage()
-    attrs: dict[str, AttributeValue] = {
-        "logcontext.name": ctx.name,
-        "logcontext.server_name": ctx.server_name,
-    }
+    u = ctx.get_resource_usage()
+    mode = _config.config.clock_mode
+    attrs: dict[str, AttributeValue]
+    if mode == "off":
+        attrs = {
+            "logcontext.name": ctx.name,
+            "logcontext.server_name": ctx.server_name,
+            "logcontext.db.txn_count": u.db_txn_count,
+            "logcontext.db.txn_s": u.db_txn_duration_sec,
+            "logcontext.db.sched_s": u.db_sched_duration_sec,
+            "logcontext.db.event_fetches": u.evt_db_fetch_count,
+        }
+    else:
+        attrs = {
+            "logcontext.name": ctx.name,
+            "logcontext.server_name": ctx.server_name,
+            "logcontext.cpu.clock": str(mode),
+            "logcontext.cpu.user_s": u.ru_utime,
+            "logcontext.cpu.system_s": u.ru_stime,
+            "logcontext.db.txn_count": u.db_txn_count,
+            "logcontext.db.txn_s": u.db_txn_duration_sec,
+            "logcontext.db.sched_s": u.db_sched_duration_sec,
+            "logcontext.db.event_fetches": u.evt_db_fetch_count,
+        }
     if ctx.tag:
         attrs["logcontext.tag"] = ctx.tag
-    mode = str(getattr(_config.config.clock_mode, "value", _config.config.clock_mode))
-    if mode != "off":
-        attrs["logcontext.cpu.clock"] = mode
-        attrs["logcontext.cpu.user_s"] = float(usage.ru_utime)
-        attrs["logcontext.cpu.system_s"] = float(usage.ru_stime)
-    attrs["logcontext.db.txn_count"] = int(usage.db_txn_count)
-    attrs["logcontext.db.txn_s"] = float(usage.db_txn_duration_sec)
-    attrs["logcontext.db.sched_s"] = float(usage.db_sched_duration_sec)
-    attrs["logcontext.db.event_fetches"] = int(usage.evt_db_fetch_count)
     if ctx.late_usage is not None:
         attrs["logcontext.late"] = True
     return attrs

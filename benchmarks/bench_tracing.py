@@ -1,0 +1,272 @@
+"""Tracing costs, side by side in one process (spec §11 P14, P15; issue 10 targets).
+
+Suites:
+
+* ``tracing`` (issue 10): a traced context — ``with start_span("x")`` inside a context, so the
+  block runs in a child context whose usage goes on the span — against a bare OTel SDK
+  ``start_as_current_span`` (both with a ``BatchSpanProcessor`` and a no-op exporter, no
+  network), bound 1.2; the no-op path (``with LoggingContext("x"): with start_span("x")``,
+  tracing uninitialised) against an untraced context, bound 1.1.
+* ``tracing-p14``: ``with start_span("x")`` uninitialised ≤ 3 × ContextVar set+reset; ``@trace``
+  without a tracing extra returns the function itself.
+* ``tracing-p15``: ``start_span`` with usage attributes on the OTel SDK + ``SimpleSpanProcessor``
+  (no-op exporter) ≤ 1.25 × OTel ``start_as_current_span``; our scope handling (span without
+  usage, minus the bare OTel span) ≤ 2 × OTel attach+detach.
+
+    python benchmarks/bench_tracing.py            # full run (~1 min)
+    python benchmarks/bench_tracing.py --quick    # smoke run
+"""
+
+from __future__ import annotations
+
+import contextvars
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import Suite, exit_code, parse_args
+
+import logcontext.tracing as lt
+from logcontext import LoggingContext
+from logcontext._config import config
+from logcontext.tracing import _api
+
+try:
+    from opentelemetry import context as otel_context
+    from opentelemetry import trace as otel_trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SimpleSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+except ImportError:  # pragma: no cover
+    sys.exit("bench_tracing needs the [otel] extra (opentelemetry-sdk)")
+
+pc = time.perf_counter
+
+
+class NoopExporter(SpanExporter):
+    def export(self, spans: Sequence[Any]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+def _provider(batch: bool) -> TracerProvider:
+    p = TracerProvider()
+    if batch:
+        p.add_span_processor(
+            BatchSpanProcessor(NoopExporter(), max_queue_size=1 << 17, schedule_delay_millis=100)
+        )
+    else:
+        p.add_span_processor(SimpleSpanProcessor(NoopExporter()))
+    return p
+
+
+BATCH = _provider(True)
+SIMPLE = _provider(False)
+BATCH_TRACER = BATCH.get_tracer("bench")
+SIMPLE_TRACER = SIMPLE.get_tracer("bench")
+
+
+def use(provider: TracerProvider | None) -> None:
+    """Point our tracing at ``provider`` (None: uninitialised fast path)."""
+    if provider is None:
+        lt.init_tracing("noop")
+    else:
+        lt.init_tracing("otel", tracer_provider=provider)
+
+
+def b_empty(n: int) -> float:
+    t = pc()
+    for _ in range(n):
+        pass
+    return pc() - t
+
+
+_cv: contextvars.ContextVar[int] = contextvars.ContextVar("bench", default=0)
+
+
+def b_tcv(n: int) -> float:
+    cv = _cv
+    t = pc()
+    for _ in range(n):
+        cv.reset(cv.set(1))
+    return pc() - t
+
+
+def b_null_span(n: int) -> float:
+    use(None)
+    start_span = lt.start_span
+    t = pc()
+    for _ in range(n):
+        with start_span("x"):
+            pass
+    return pc() - t
+
+
+def b_untraced_ctx(n: int) -> float:
+    use(None)
+    t = pc()
+    for _ in range(n):
+        with LoggingContext("x"):
+            pass
+    return pc() - t
+
+
+def b_noop_ctx(n: int) -> float:
+    use(None)
+    start_span = lt.start_span
+    t = pc()
+    for _ in range(n):
+        with LoggingContext("x"), start_span("x"):
+            pass
+    return pc() - t
+
+
+def _bare(tracer: Any, n: int) -> float:
+    use(None)
+    start = tracer.start_as_current_span
+    t = pc()
+    for _ in range(n):
+        with start("x"):
+            pass
+    return pc() - t
+
+
+def _ours(provider: TracerProvider, n: int, *, in_context: bool, record_usage: bool) -> float:
+    use(provider)
+    start_span = lt.start_span
+    ctx = LoggingContext("req")
+    if in_context:
+        ctx.__enter__()
+    try:
+        t = pc()
+        for _ in range(n):
+            with start_span("x", record_usage=record_usage):
+                pass
+        return pc() - t
+    finally:
+        if in_context:
+            ctx.__exit__(None, None, None)
+        use(None)
+
+
+def b_bare_batch(n: int) -> float:
+    return _bare(BATCH_TRACER, n)
+
+
+def b_traced_batch(n: int) -> float:
+    return _ours(BATCH, n, in_context=True, record_usage=True)
+
+
+def b_ctx_and_bare_batch(n: int) -> float:
+    use(None)
+    start = BATCH_TRACER.start_as_current_span
+    t = pc()
+    for _ in range(n):
+        with LoggingContext("x"), start("x"):
+            pass
+    return pc() - t
+
+
+def b_bare_simple(n: int) -> float:
+    return _bare(SIMPLE_TRACER, n)
+
+
+def b_usage_simple(n: int) -> float:
+    return _ours(SIMPLE, n, in_context=True, record_usage=True)
+
+
+def b_nousage_simple(n: int) -> float:
+    return _ours(SIMPLE, n, in_context=False, record_usage=False)
+
+
+def b_attach_detach(n: int) -> float:
+    ctx = otel_trace.set_span_in_context(otel_trace.INVALID_SPAN)
+    attach, detach = otel_context.attach, otel_context.detach
+    t = pc()
+    for _ in range(n):
+        detach(attach(ctx))
+    return pc() - t
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(__doc__ or "", argv)
+    ok = True
+    print(f"clock mode: {config.clock_mode}")
+
+    s = Suite("tracing", args, sample_s=0.002 if args.quick else 0.015)
+    s.add("empty", b_empty)
+    s.add("otel_bare_span_batch", b_bare_batch)
+    s.add("traced_ctx_batch", b_traced_batch)
+    s.add("ctx+otel_bare_batch", b_ctx_and_bare_batch)
+    s.add("untraced_ctx", b_untraced_ctx)
+    s.add("noop_traced_ctx", b_noop_ctx)
+    s.run()
+    s.ratio(
+        "T1", "traced_ctx_batch", "otel_bare_span_batch", 1.2, "traced context / bare OTel SDK span (batch)"
+    )
+    s.ratio("T2", "noop_traced_ctx", "untraced_ctx", 1.1, "no-op path / untraced context")
+    if s.enabled:
+        s.note(
+            f"info: context + our span / context + bare OTel span = "
+            f"{s.median('traced_ctx_batch') / s.median('ctx+otel_bare_batch'):.3f} "
+            "(the first pays a child context; the second does not measure the span's usage)"
+        )
+    ok &= s.finish()
+
+    s = Suite("tracing-p14", args)
+    s.add("empty", b_empty)
+    s.add("tcv", b_tcv)
+    s.add("null_start_span", b_null_span)
+    s.run()
+    s.ratio("P14", "null_start_span", "tcv", 3.0, "with start_span('x') uninitialised / ContextVar set+reset")
+    saved = _api._extra_installed
+    _api._extra_installed = False
+    try:
+
+        def f() -> None:
+            return None
+
+        same = lt.trace(f) is f and lt.trace_with_name("n")(f) is f and lt.tag_args(f) is f
+    finally:
+        _api._extra_installed = saved
+    s.check(
+        "P14b", "@trace without the extra returns the function itself (0 = yes)", 0.0 if same else 1.0, 0.0
+    )
+    ok &= s.finish()
+
+    s = Suite("tracing-p15", args, sample_s=0.002 if args.quick else 0.015)
+    s.add("empty", b_empty)
+    s.add("otel_start_as_current_span", b_bare_simple)
+    s.add("start_span_usage", b_usage_simple)
+    s.add("start_span_no_usage", b_nousage_simple)
+    s.add("otel_attach_detach", b_attach_detach)
+    s.run()
+    s.ratio(
+        "P15",
+        "start_span_usage",
+        "otel_start_as_current_span",
+        1.25,
+        "start_span with usage / OTel start_as_current_span",
+    )
+    if s.enabled:
+        extra = s.median("start_span_no_usage") - s.median("otel_start_as_current_span")
+        s.check(
+            "P15b",
+            f"our scope extra ({extra * 1e6:.3f}us) / OTel attach+detach",
+            extra / s.median("otel_attach_detach"),
+            2.0,
+        )
+    ok &= s.finish()
+    lt.shutdown_tracing(1.0)
+    return exit_code(ok, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
