@@ -227,7 +227,13 @@ class MainProcess:
         if opts.redis_url:
             from homeserver.replication.bus import RedisBus
 
-            self.bus = RedisBus(self.handler, opts.redis_url, opts.server_name, prefix=opts.redis_prefix)
+            self.bus = RedisBus(
+                self.handler,
+                opts.redis_url,
+                opts.server_name,
+                prefix=opts.redis_prefix,
+                **opts.extra.get("bus_kwargs", {}),
+            )
             await self.bus.start()
         if self.http_addr is not None:
             from homeserver.http_api import start_main_http
@@ -464,14 +470,15 @@ class Worker:
             ),
             self.consumer,
         )
-        for stream in streams:
-            if stream.source == "db":
-                try:
-                    start = await store.start_position(stream.name, "master")
-                except Exception as e:  # no schema yet: loaded on the first POSITION
-                    logger.info("Start position of %s not readable yet: %s", stream.name, e)
-                else:
-                    self.handler.cur[(stream.name, "master")] = start
+        with _instrument.logging_context(f"{self.name}-startup"):
+            for stream in streams:
+                if stream.source == "db":
+                    try:
+                        start = await store.start_position(stream.name, "master")
+                    except Exception as e:  # no schema yet: loaded on the first POSITION
+                        logger.info("Start position of %s not readable yet: %s", stream.name, e)
+                    else:
+                        self.handler.cur[(stream.name, "master")] = start
         if self.main is not None:
             self.client = ReplicationClient(
                 self.handler,
@@ -484,7 +491,13 @@ class Worker:
         if opts.redis_url:
             from homeserver.replication.bus import RedisBus
 
-            self.bus = RedisBus(self.handler, opts.redis_url, opts.server_name, prefix=opts.redis_prefix)
+            self.bus = RedisBus(
+                self.handler,
+                opts.redis_url,
+                opts.server_name,
+                prefix=opts.redis_prefix,
+                **opts.extra.get("bus_kwargs", {}),
+            )
             await self.bus.start()
         if self.http_addr is not None:
             from homeserver.http_api import start_worker_http

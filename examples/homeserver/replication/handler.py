@@ -133,7 +133,9 @@ class ReplicationHandler:
         self.streamer = Streamer(self) if config.writes else None
         self.on_remote_server_up: Callable[[str], None] | None = None
         self.on_user_ip: Callable[[UserIpCommand], None] | None = None
-        self.publish: Callable[[Command], None] | None = None  # bus publisher, if any
+        # Bus publisher, if any: one command, or pre-encoded lines (count commands).
+        self.publish: Callable[[Command], None] | None = None
+        self.publish_bytes: Callable[[bytes, int], None] | None = None
         self._stopping = False
 
     # -- connection registry ---------------------------------------------------------
@@ -622,10 +624,8 @@ class Streamer:
 
     def broadcast(self, data: bytes, count: int) -> None:
         """Hand the same bytes to every connection (write coalescing)."""
-        if self.handler.publish is not None:
-            bus_send = self.handler.config.extra.get("bus_send_bytes")
-            if bus_send is not None:
-                bus_send(data, count)
+        if self.handler.publish_bytes is not None:
+            self.handler.publish_bytes(data, count)
         for conn in list(self.handler.connections):
             if conn.transport_kind == "tcp":
                 conn.send_bytes(data, count)

@@ -85,7 +85,7 @@ async def test_unknown_stream_is_ignored(db_cfg: DatabaseConfig) -> None:
 
 
 async def test_rdata_before_position_is_dropped(db_cfg: DatabaseConfig) -> None:
-    """RDATA before POSITION on this connection is dropped and arrives by catch-up; also on a new connection."""
+    """RDATA before this connection's POSITION is dropped and comes by catch-up; also on a new connection."""
     async with asyncio.timeout(10), scripted(db_cfg) as (writer, fake, peer, w):
         await devices(writer, 5)  # 2..6
         peer.send('RDATA device_lists master 5 ["@u3:x"]', "POSITION device_lists master 6 6")
@@ -175,7 +175,7 @@ async def test_position_cases_of_16560(db_cfg: DatabaseConfig, stream: str, case
 
 
 async def test_typing_reset_on_writer_restart(db_cfg: DatabaseConfig) -> None:
-    """A restarted writer announcing `POSITION typing master 0 0` (or `3 3`) resets the reader's typing state."""
+    """A restarted writer announcing `POSITION typing master 0 0` (or `3 3`) resets the typing state."""
     async with asyncio.timeout(10), scripted(db_cfg) as (writer, _fake, peer, w):
         for i in range(5):
             writer.set_typing(f"!r{i}:x", "@t:x", True)
@@ -280,7 +280,7 @@ async def test_half_batch_is_never_delivered(db_cfg: DatabaseConfig) -> None:
 
 
 async def test_consumer_failure_refetches_the_token(db_cfg: DatabaseConfig) -> None:
-    """A consumer raising on a row: cur stays below it; after the forced REPLICATE/POSITION it is applied once."""
+    """A consumer raising on a row: cur stays below it; after the forced REPLICATE it is applied once."""
     async with asyncio.timeout(10), running_main(db_cfg) as main:
         async with running_worker("w1", db_cfg, main) as w:
             await wait_until(lambda: synced(w))
@@ -352,7 +352,7 @@ async def test_rows_written_while_disconnected(db_cfg: DatabaseConfig) -> None:
 
 
 async def test_replicate_during_streamer_pass(db_cfg: DatabaseConfig) -> None:
-    """REPLICATE answered mid-pass uses last_token; the later RDATA is above it and each row is applied once."""
+    """REPLICATE answered mid-pass uses last_token; the later RDATA is above it; each row applied once."""
     async with asyncio.timeout(10), running_main(db_cfg) as main:
         async with running_worker("w1", db_cfg, main) as w:
             await wait_until(lambda: synced(w))
