@@ -139,7 +139,21 @@ class SqliteEngine(Engine):
                     "each connection would open a different database"
                 )
         if self.wal:
-            conn.execute("PRAGMA journal_mode=WAL").fetchall()
+            mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+            if mode not in ("wal", "memory"):
+                try:
+                    conn.execute("PRAGMA journal_mode=WAL").fetchall()
+                except sqlite3.OperationalError as e:
+                    # A read-only connection (``mode=ro``, ``query_only``) cannot
+                    # switch; it reads in whatever mode the writer chose.
+                    code = getattr(e, "sqlite_errorcode", None)
+                    readonly = (
+                        (code & 0xFF) == sqlite3.SQLITE_READONLY
+                        if isinstance(code, int)
+                        else "readonly" in str(e)
+                    )
+                    if not readonly:
+                        raise
 
     def begin(self, conn: Any, *, immediate: bool) -> None:
         conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")

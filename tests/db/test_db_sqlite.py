@@ -489,3 +489,21 @@ def test_worker_cpu_rolls_up_from_thread_caller(pool: DatabasePool) -> None:
     t.join()
     assert seen[0] >= burnt[0] * 0.95
     assert burnt[0] * 0.95 <= parent.get_resource_usage().ru_utime <= burnt[0] * 1.15 + 0.003
+
+
+async def test_read_only_connections_work(db_path: Path) -> None:
+    """A read-only connection (mode=ro) that cannot switch to WAL still serves reads."""
+    setup = sqlite3.connect(db_path)
+    setup.execute("CREATE TABLE t (x INTEGER)")
+    setup.execute("INSERT INTO t VALUES (5)")
+    setup.commit()
+    setup.close()
+    pool = DatabasePool(
+        lambda: sqlite3.connect(f"file:{db_path}?mode=ro", uri=True), engine="sqlite", max_size=2
+    )
+    with LoggingContext("req"):
+        assert await pool.execute("read", "SELECT x FROM t") == [(5,)]
+        with pytest.raises(sqlite3.OperationalError, match="readonly") as info:
+            await pool.execute("write", "INSERT INTO t VALUES (6)")
+    await pool.close()
+    assert any("'write'" in n for n in info.value.__notes__)
