@@ -381,3 +381,41 @@ def test_context_span_is_ended_by_context_exit(otel: Harness) -> None:
     (f,) = otel.finished()
     assert_usage(f, ctx)
     assert f.attributes["logcontext.db.event_fetches"] == 4
+
+
+async def test_run_as_background_process_span(tracing: Harness) -> None:
+    """``run_as_background_process`` opens ``bgproc.<desc>`` linked to the spawner, with usage."""
+    from logcontext import run_as_background_process
+
+    seen: dict[str, Any] = {}
+
+    async def job() -> None:
+        seen["ctx"] = current_context()
+        seen["span"] = lt.active_span()
+        current_context().record_db_txn(0.2)
+        await asyncio.sleep(0)
+
+    with LoggingContext("GET-3"), lt.start_span("request"):
+        await run_as_background_process("purge", job)
+    by = tracing.by_name()
+    req, bg = by["request"], by["bgproc.purge"]
+    assert seen["span"] is not None and seen["span"].context.span_id == bg.span_id
+    assert bg.attributes["logcontext.name"] == str(seen["ctx"])
+    assert bg.attributes["logcontext.db.txn_count"] == 1
+    assert req.attributes["logcontext.db.txn_count"] == 0
+    if tracing.kind == "otel":
+        assert bg.parent_id is None and bg.links[0][1] == req.span_id
+    else:
+        assert any(e[0] == "logcontext.spawned" for e in req.events)
+
+
+def test_trace_ids_hook_for_log_records(otel: Harness) -> None:
+    """``_hooks.trace_ids`` gives the active span's hex ids while tracing is on, else None."""
+    from logcontext import _hooks
+
+    assert _hooks.trace_ids is not None
+    assert _hooks.trace_ids() is None
+    with lt.start_span("x") as span:
+        assert _hooks.trace_ids() == (span.context.trace_id_hex, span.context.span_id_hex)
+    lt.shutdown_tracing(2.0)
+    assert _hooks.trace_ids is None
