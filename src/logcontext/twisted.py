@@ -614,11 +614,41 @@ def run_interaction(pool: Any, desc: str, fn: Callable[..., R], /, *args: Any, *
 
 
 class _Installed:
-    __slots__ = ("checker", "reactor")
+    __slots__ = ("checker", "reactor", "unpin")
 
-    def __init__(self, reactor: Any, checker: task.LoopingCall | None) -> None:
+    def __init__(
+        self, reactor: Any, checker: task.LoopingCall | None, unpin: Callable[[], None] | None
+    ) -> None:
         self.reactor = reactor
         self.checker = checker
+        self.unpin = unpin
+
+
+def _pin_asyncio_timer(reactor: Any) -> Callable[[], None] | None:
+    """Make an asyncio reactor's timer handle capture an empty ``Context``.
+
+    Newer Twisted asyncio reactors keep their own ``DelayedCall`` heap behind a single
+    ``loop.call_at`` timer, re-armed by whichever ``callLater`` (or timer run) moves it;
+    asyncio copies the current ``Context`` into that handle, so every due call then
+    runs in the context of an unrelated scheduler, and the next re-arm copies it on.
+    Re-arming in an empty ``Context`` makes raw ``callLater`` callbacks run in the
+    sentinel, as on the default reactor. Returns an undo function, or ``None`` when
+    the reactor has no such timer.
+    """
+    resched = getattr(type(reactor), "_reschedule", None)
+    if resched is None or not hasattr(reactor, "_asyncioEventloop"):
+        return None
+
+    def _reschedule() -> None:
+        contextvars.Context().run(resched, reactor)
+
+    reactor._reschedule = _reschedule
+
+    def unpin() -> None:
+        if reactor.__dict__.get("_reschedule") is _reschedule:
+            del reactor._reschedule
+
+    return unpin
 
 
 _installed: _Installed | None = None
@@ -653,10 +683,13 @@ def _check_for_leak() -> None:
 def install(reactor: Any, check_leaks: bool = False, *, check_interval: float = 1.0) -> None:
     """Tell the integration which reactor to use, and optionally check for leaks.
 
-    :func:`run_interaction` fires its Deferreds on this reactor. With ``check_leaks``,
-    a check every ``check_interval`` seconds that the reactor's callbacks run in the
-    sentinel reports ``leak`` (and resets the context) when something set a context
-    without restoring it. Calling it again replaces the previous installation.
+    :func:`run_interaction` fires its Deferreds on this reactor. On an asyncio reactor
+    whose ``callLater`` shares one asyncio timer (newer Twisted), the timer is re-armed
+    in an empty ``Context``, so raw ``callLater`` callbacks stop inheriting the context
+    of whichever coroutine last scheduled one. With ``check_leaks``, a check every
+    ``check_interval`` seconds that the reactor's timed callbacks run in the sentinel
+    reports ``leak`` (and resets the context) when something set a context without
+    restoring it. Calling it again replaces the previous installation.
     """
     global _installed
     if not IReactorTime.providedBy(reactor):
@@ -665,20 +698,25 @@ def install(reactor: Any, check_leaks: bool = False, *, check_interval: float = 
     if iv <= 0:
         raise ValueError("install: check_interval must be > 0 seconds")
     uninstall()
+    unpin = _pin_asyncio_timer(reactor)
     checker = None
     if check_leaks:
         checker = task.LoopingCall(_check_for_leak)
         checker.clock = reactor
         _context_without_logcontext().run(checker.start, iv, False)
-    _installed = _Installed(reactor, checker)
+    _installed = _Installed(reactor, checker, unpin)
 
 
 def uninstall() -> None:
     """Stop the leak checker and forget the reactor given to :func:`install`."""
     global _installed
     inst, _installed = _installed, None
-    if inst is not None and inst.checker is not None and inst.checker.running:
+    if inst is None:
+        return
+    if inst.checker is not None and inst.checker.running:
         inst.checker.stop()
+    if inst.unpin is not None:
+        inst.unpin()
 
 
 _LEVELS: dict[str, int] = {
