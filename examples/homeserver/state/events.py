@@ -20,6 +20,7 @@ __all__ = [
     "compute_ranks",
     "domain_of",
     "pdu_from_dict",
+    "redact_event_dict",
     "to_level",
 ]
 
@@ -337,3 +338,50 @@ def compute_ranks(events: Mapping[str, PDU], order: Iterable[str] | None = None)
                 on_path.discard(eid)
                 stack.pop()
 
+
+
+_KEPT_TOP = frozenset(
+    {"event_id", "type", "room_id", "sender", "state_key", "content", "hashes", "signatures",
+     "depth", "prev_events", "auth_events", "origin_server_ts"}
+)
+_KEPT_TOP_OLD = _KEPT_TOP | {"origin", "membership", "prev_state"}
+
+
+def redact_event_dict(rules: RoomRules, event: Mapping[str, Any]) -> dict[str, Any]:
+    """The redacted form of a JSON event under the room version's redaction algorithm."""
+    kept = _KEPT_TOP if rules.redaction_v11 else _KEPT_TOP_OLD
+    out = {k: v for k, v in event.items() if k in kept}
+    etype = event.get("type")
+    content = event.get("content")
+    content = content if isinstance(content, dict) else {}
+    keys: set[str] = set()
+    new: dict[str, Any] = {}
+    if etype == MEMBER:
+        keys = {"membership"}
+        if rules.redaction_keeps_authoriser:
+            keys.add("join_authorised_via_users_server")
+        if rules.redaction_v11 and isinstance(content.get("third_party_invite"), dict):
+            tpi = content["third_party_invite"]
+            if "signed" in tpi:
+                new["third_party_invite"] = {"signed": tpi["signed"]}
+    elif etype == CREATE:
+        if rules.redaction_v11:
+            keys = set(content)
+        else:
+            keys = {"creator"}
+    elif etype == JOIN_RULES:
+        keys = {"join_rule", "allow"} if rules.redaction_keeps_allow else {"join_rule"}
+    elif etype == POWER_LEVELS:
+        keys = {"ban", "events", "events_default", "kick", "redact", "state_default", "users",
+                "users_default"}
+        if rules.redaction_v11:
+            keys.add("invite")
+    elif etype == ALIASES and rules.redaction_keeps_aliases:
+        keys = {"aliases"}
+    elif etype == "m.room.history_visibility":
+        keys = {"history_visibility"}
+    elif etype == "m.room.redaction" and rules.redaction_v11:
+        keys = {"redacts"}
+    new.update({k: v for k, v in content.items() if k in keys})
+    out["content"] = new
+    return out

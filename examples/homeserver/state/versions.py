@@ -29,6 +29,10 @@ class RoomRules:
     creator_is_sender: bool
     creators_unbounded: bool
     create_implied: bool
+    redaction_keeps_aliases: bool
+    redaction_keeps_allow: bool
+    redaction_keeps_authoriser: bool
+    redaction_v11: bool
 
 
 def _make(n: int) -> RoomRules:
@@ -46,6 +50,10 @@ def _make(n: int) -> RoomRules:
         creator_is_sender=n >= 11,
         creators_unbounded=n >= 12,
         create_implied=n >= 12,
+        redaction_keeps_aliases=n <= 5,
+        redaction_keeps_allow=n >= 8,
+        redaction_keeps_authoriser=n >= 9,
+        redaction_v11=n >= 11,
     )
 
 

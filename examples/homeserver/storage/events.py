@@ -1,0 +1,350 @@
+"""Event store: events with their auth rank, auth and prev edges, state groups, memberships.
+
+Every ``*_txn`` function takes a DB-API cursor and runs inside
+``await pool.run_interaction(desc, fn, *args)`` (portable SQL with ``?`` placeholders; the
+pool converts them for PostgreSQL). `EventStore` wraps them over a
+`logcontext.db.DatabasePool` and is an `EventSource` for state resolution, with an LRU cache
+of events and of ``(rank, auth IDs)`` nodes (auth lists never change).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any
+
+from homeserver.state import (
+    PDU,
+    InvalidAuthGraph,
+    ResolutionStages,
+    ResolveOptions,
+    StateKey,
+    pdu_from_dict,
+    resolve_state_async,
+    rules_for,
+)
+from homeserver.state.chain_index import ChainCoverIndex
+
+from .rooms import get_room_version_txn
+
+__all__ = [
+    "EventStore",
+    "get_auth_nodes_txn",
+    "get_event_rows_txn",
+    "get_membership_txn",
+    "get_state_group_txn",
+    "persist_events_txn",
+    "set_membership_txn",
+    "store_state_group_txn",
+]
+
+_BATCH = 100
+
+
+def _chunks(ids: Sequence[str], n: int = _BATCH) -> Iterable[Sequence[str]]:
+    for i in range(0, len(ids), n):
+        yield ids[i : i + n]
+
+
+def _ranks_txn(txn: Any, ids: Sequence[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for chunk in _chunks(ids):
+        txn.execute(
+            f"SELECT event_id, auth_rank FROM events WHERE event_id IN ({','.join('?' * len(chunk))})",
+            tuple(chunk),
+        )
+        out.update((r[0], int(r[1])) for r in txn.fetchall())
+    return out
+
+
+def persist_events_txn(
+    txn: Any, rows: Sequence[tuple[PDU, str, int, bool]]
+) -> dict[str, int]:
+    """Store ``(pdu, json, depth, outlier)`` rows; return each new event's auth rank.
+
+    Rank = 1 + the highest rank among its auth events (stored, or earlier in the batch);
+    unknown auth events count 0. Events already stored are left as they are.
+    """
+    batch = {r[0].event_id: r for r in rows}
+    existing = _ranks_txn(txn, list(batch))
+    cited = sorted({a for r in rows for a in r[0].auth_event_ids} - batch.keys())
+    ranks = _ranks_txn(txn, cited)
+    ranks.update(existing)
+    # Order the batch so auth events come first (iterative; cycles refused).
+    done: set[str] = set(existing)
+    order: list[str] = []
+    for root in batch:
+        if root in done:
+            continue
+        stack = [(root, 0)]
+        on_path = {root}
+        while stack:
+            eid, i = stack[-1]
+            auth = batch[eid][0].auth_event_ids
+            while i < len(auth) and (auth[i] in done or auth[i] not in batch):
+                i += 1
+            if i < len(auth):
+                if auth[i] in on_path:
+                    raise InvalidAuthGraph(f"auth cycle through {auth[i]}", auth[i])
+                stack[-1] = (eid, i + 1)
+                stack.append((auth[i], 0))
+                on_path.add(auth[i])
+                continue
+            stack.pop()
+            on_path.discard(eid)
+            done.add(eid)
+            order.append(eid)
+    new_ranks: dict[str, int] = {}
+    for eid in order:
+        pdu, raw, depth, outlier = batch[eid]
+        rank = 1 + max((ranks.get(a, 0) for a in pdu.auth_event_ids), default=0)
+        ranks[eid] = new_ranks[eid] = pdu.auth_rank = rank
+        txn.execute(
+            "INSERT INTO events (event_id, room_id, type, state_key, sender, origin_server_ts,"
+            " depth, auth_rank, outlier, rejected_reason, json)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (eid, pdu.room_id, pdu.type, pdu.state_key, pdu.sender, pdu.origin_server_ts, depth,
+             rank, outlier, pdu.rejected_reason, raw),
+        )
+        txn.executemany(
+            "INSERT INTO event_auth (event_id, idx, auth_id) VALUES (?, ?, ?)",
+            [(eid, i, a) for i, a in enumerate(pdu.auth_event_ids)],
+        )
+        txn.executemany(
+            "INSERT INTO event_edges (event_id, idx, prev_event_id) VALUES (?, ?, ?)",
+            [(eid, i, p) for i, p in enumerate(pdu.prev_event_ids)],
+        )
+    return new_ranks
+
+
+def get_event_rows_txn(txn: Any, ids: Sequence[str]) -> list[tuple[str, str, str | None, int, str | None]]:
+    """``(event_id, json, rejected_reason, auth_rank, room_version)`` of the stored events."""
+    out: list[tuple[str, str, str | None, int, str | None]] = []
+    for chunk in _chunks(ids):
+        txn.execute(
+            "SELECT e.event_id, e.json, e.rejected_reason, e.auth_rank, r.room_version"
+            " FROM events AS e LEFT JOIN rooms AS r ON r.room_id = e.room_id"
+            f" WHERE e.event_id IN ({','.join('?' * len(chunk))})",
+            tuple(chunk),
+        )
+        out.extend((r[0], r[1], r[2], int(r[3]), r[4]) for r in txn.fetchall())
+    return out
+
+
+def get_auth_nodes_txn(txn: Any, ids: Sequence[str]) -> dict[str, tuple[int, tuple[str, ...]]]:
+    """``(auth_rank, auth IDs in list order)`` per stored event, in batches of 100."""
+    ranks = _ranks_txn(txn, ids)
+    auth: dict[str, list[str]] = {e: [] for e in ranks}
+    known = list(ranks)
+    for chunk in _chunks(known):
+        txn.execute(
+            "SELECT event_id, auth_id FROM event_auth"
+            f" WHERE event_id IN ({','.join('?' * len(chunk))}) ORDER BY event_id, idx",
+            tuple(chunk),
+        )
+        for eid, aid in txn.fetchall():
+            auth[eid].append(aid)
+    return {e: (ranks[e], tuple(auth[e])) for e in known}
+
+
+def store_state_group_txn(txn: Any, room_id: str, state: Mapping[StateKey, str]) -> int:
+    """Store a state map as a new state group; return its ID."""
+    txn.execute("SELECT COALESCE(MAX(id), 0) FROM state_groups")
+    group = int(txn.fetchone()[0]) + 1
+    txn.execute("INSERT INTO state_groups (id, room_id) VALUES (?, ?)", (group, room_id))
+    txn.executemany(
+        "INSERT INTO state_groups_state (state_group, type, state_key, event_id) VALUES (?, ?, ?, ?)",
+        [(group, t, k, e) for (t, k), e in state.items()],
+    )
+    return group
+
+
+def get_state_group_txn(txn: Any, group: int) -> dict[StateKey, str]:
+    txn.execute(
+        "SELECT type, state_key, event_id FROM state_groups_state WHERE state_group = ?", (group,)
+    )
+    return {(t, k): e for t, k, e in txn.fetchall()}
+
+
+def set_membership_txn(txn: Any, room_id: str, user_id: str, event_id: str, membership: str) -> None:
+    txn.execute(
+        "INSERT INTO local_current_membership (room_id, user_id, event_id, membership)"
+        " VALUES (?, ?, ?, ?) ON CONFLICT (room_id, user_id) DO UPDATE SET"
+        " event_id = excluded.event_id, membership = excluded.membership",
+        (room_id, user_id, event_id, membership),
+    )
+
+
+def get_membership_txn(txn: Any, room_id: str, user_id: str) -> tuple[str, str] | None:
+    """``(event_id, membership)`` of a local user's current membership, or None."""
+    txn.execute(
+        "SELECT event_id, membership FROM local_current_membership WHERE room_id = ? AND user_id = ?",
+        (room_id, user_id),
+    )
+    row = txn.fetchone()
+    return None if row is None else (row[0], row[1])
+
+
+def replace_event_json_txn(txn: Any, event_id: str, raw: str, redacted_by: str) -> None:
+    txn.execute(
+        "UPDATE events SET json = ?, redacted_by = ? WHERE event_id = ?", (raw, redacted_by, event_id)
+    )
+
+
+def _room_events_txn(txn: Any, room_id: str) -> list[tuple[str, str, str | None, list[str]]]:
+    txn.execute(
+        "SELECT event_id, type, state_key FROM events WHERE room_id = ? ORDER BY auth_rank, event_id",
+        (room_id,),
+    )
+    rows = txn.fetchall()
+    nodes = get_auth_nodes_txn(txn, [r[0] for r in rows])
+    return [(r[0], r[1], r[2], list(nodes[r[0]][1])) for r in rows]
+
+
+class _LRU(OrderedDict[str, Any]):
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def put(self, key: str, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        if len(self) > self.size:
+            self.popitem(last=False)
+
+
+class _RoomSource:
+    """`EventSource` of one room over the store (with its chain index when built)."""
+
+    def __init__(self, store: EventStore, room_id: str):
+        self.store = store
+        self.room_id = room_id
+
+    async def get_events(self, ids: Collection[str]) -> Mapping[str, PDU]:
+        return await self.store.get_events(ids)
+
+    async def get_auth_nodes(self, ids: Collection[str]) -> Mapping[str, tuple[int, tuple[str, ...]]]:
+        return await self.store.get_auth_nodes(ids)
+
+    def chain_index(self) -> ChainCoverIndex | None:
+        return self.store._indexes.get(self.room_id)
+
+
+class EventStore:
+    """Async event store over a `logcontext.db.DatabasePool` (apply the schema first)."""
+
+    def __init__(self, pool: Any, *, cache_size: int = 100_000):
+        self.pool = pool
+        self._events = _LRU(cache_size)
+        self._nodes = _LRU(cache_size)
+        self._indexes: dict[str, ChainCoverIndex] = {}
+
+    async def persist_events(
+        self,
+        room_id: str,
+        events: Iterable[Mapping[str, Any]],
+        *,
+        rejected: Mapping[str, str] | None = None,
+        outlier: bool = False,
+    ) -> list[PDU]:
+        """Parse (with the room's stored version) and store events; return their PDUs."""
+        version = await self.pool.run_interaction("get_room_version", get_room_version_txn, room_id)
+        if version is None:
+            raise LookupError(f"unknown room {room_id}: store its version first")
+        rules = rules_for(version)
+        rejected = rejected or {}
+        rows = []
+        for d in events:
+            pdu = pdu_from_dict(d, rules, rejected_reason=rejected.get(str(d.get("event_id"))))
+            if pdu.room_id != room_id:
+                raise ValueError(f"event {pdu.event_id} is in {pdu.room_id!r}, not {room_id!r}")
+            depth = d.get("depth", 0)
+            rows.append((pdu, json.dumps(d, ensure_ascii=False), depth if type(depth) is int else 0, outlier))
+        ranks = await self.pool.run_interaction("persist_events", persist_events_txn, rows)
+        idx = self._indexes.get(room_id)
+        for pdu, _, _, _ in rows:
+            if pdu.event_id in ranks:
+                self._events.put(pdu.event_id, pdu)
+                self._nodes.put(pdu.event_id, (pdu.auth_rank, pdu.auth_event_ids))
+        if idx is not None:
+            for pdu, _, _, _ in sorted(rows, key=lambda r: r[0].auth_rank):
+                if pdu.event_id in ranks:
+                    idx.add(pdu.event_id, pdu.type, pdu.state_key, pdu.auth_event_ids)
+        return [r[0] for r in rows]
+
+    async def get_events(self, ids: Collection[str]) -> dict[str, PDU]:
+        """Stored events by ID (rejected ones included and flagged; unknown IDs absent)."""
+        out: dict[str, PDU] = {}
+        missing = []
+        for i in ids:
+            ev = self._events.get(i)
+            if ev is None:
+                missing.append(i)
+            else:
+                out[i] = ev
+        if missing:
+            rows = await self.pool.run_interaction("get_events", get_event_rows_txn, missing)
+            for eid, raw, rejected_reason, rank, version in rows:
+                pdu = pdu_from_dict(json.loads(raw), rules_for(version), rejected_reason=rejected_reason)
+                pdu.auth_rank = rank
+                self._events.put(eid, pdu)
+                out[eid] = pdu
+        return out
+
+    async def get_auth_nodes(self, ids: Collection[str]) -> dict[str, tuple[int, tuple[str, ...]]]:
+        out: dict[str, tuple[int, tuple[str, ...]]] = {}
+        missing = []
+        for i in ids:
+            n = self._nodes.get(i)
+            if n is None:
+                missing.append(i)
+            else:
+                out[i] = n
+        if missing:
+            got = await self.pool.run_interaction("get_auth_nodes", get_auth_nodes_txn, missing)
+            for eid, node in got.items():
+                self._nodes.put(eid, node)
+                out[eid] = node
+        return out
+
+    async def build_chain_index(self, room_id: str) -> ChainCoverIndex:
+        """Build (once) the room's chain-cover index; later persists keep it up to date."""
+        idx = self._indexes.get(room_id)
+        if idx is None:
+            rows = await self.pool.run_interaction("load_auth_graph", _room_events_txn, room_id)
+            idx = ChainCoverIndex()
+            for eid, etype, sk, auth in rows:
+                idx.add(eid, etype, sk, auth)
+            self._indexes[room_id] = idx
+        return idx
+
+    def source(self, room_id: str) -> _RoomSource:
+        return _RoomSource(self, room_id)
+
+    async def resolve_state(
+        self,
+        room_id: str,
+        state_sets: Sequence[Mapping[StateKey, str]],
+        options: ResolveOptions | None = None,
+        *,
+        stages: ResolutionStages | None = None,
+    ) -> dict[StateKey, str]:
+        """Resolve state sets of a stored room with its stored room version."""
+        version = await self.pool.run_interaction("get_room_version", get_room_version_txn, room_id)
+        if version is None:
+            raise LookupError(f"unknown room {room_id}")
+        opts = options or ResolveOptions()
+        if opts.index == "chain":
+            await self.build_chain_index(room_id)
+        return await resolve_state_async(
+            room_id, rules_for(version), state_sets, self.source(room_id), opts, stages=stages
+        )
+
+    async def store_state_group(self, room_id: str, state: Mapping[StateKey, str]) -> int:
+        group: int = await self.pool.run_interaction("store_state_group", store_state_group_txn, room_id, state)
+        return group
+
+    async def get_state_group(self, group: int) -> dict[StateKey, str]:
+        result: dict[StateKey, str] = await self.pool.run_interaction("get_state_group", get_state_group_txn, group)
+        return result

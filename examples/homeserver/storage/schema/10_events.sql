@@ -1,0 +1,67 @@
+-- Event store: rooms, events with their auth rank, auth and prev edges, state maps
+-- (state groups), local memberships. Portable SQLite / PostgreSQL.
+
+CREATE TABLE IF NOT EXISTS rooms (
+    room_id TEXT NOT NULL PRIMARY KEY,
+    room_version TEXT NOT NULL,
+    creator TEXT,
+    is_public BOOLEAN NOT NULL DEFAULT FALSE
+);
+
+CREATE TABLE IF NOT EXISTS events (
+    event_id TEXT NOT NULL PRIMARY KEY,
+    room_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    state_key TEXT,
+    sender TEXT NOT NULL,
+    origin_server_ts BIGINT NOT NULL,
+    depth BIGINT NOT NULL DEFAULT 0,
+    auth_rank BIGINT NOT NULL,
+    outlier BOOLEAN NOT NULL DEFAULT FALSE,
+    rejected_reason TEXT,
+    redacted_by TEXT,
+    json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_room_state ON events (room_id, type, state_key);
+
+CREATE TABLE IF NOT EXISTS event_auth (
+    event_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    auth_id TEXT NOT NULL,
+    PRIMARY KEY (event_id, idx)
+);
+CREATE INDEX IF NOT EXISTS event_auth_auth_id ON event_auth (auth_id);
+
+CREATE TABLE IF NOT EXISTS event_edges (
+    event_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    prev_event_id TEXT NOT NULL,
+    PRIMARY KEY (event_id, idx)
+);
+CREATE INDEX IF NOT EXISTS event_edges_prev ON event_edges (prev_event_id);
+
+CREATE TABLE IF NOT EXISTS state_groups (
+    id BIGINT NOT NULL PRIMARY KEY,
+    room_id TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS state_groups_state (
+    state_group BIGINT NOT NULL,
+    type TEXT NOT NULL,
+    state_key TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    PRIMARY KEY (state_group, type, state_key)
+);
+
+CREATE TABLE IF NOT EXISTS event_to_state_groups (
+    event_id TEXT NOT NULL PRIMARY KEY,
+    state_group BIGINT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS local_current_membership (
+    room_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    membership TEXT NOT NULL,
+    PRIMARY KEY (room_id, user_id)
+);
