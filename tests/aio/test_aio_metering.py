@@ -1,4 +1,4 @@
-"""The metering task factory and MeteredCoroutine: transparency and composition (spec §2.3; §10 items 18, 19)."""
+"""Metering task factory and MeteredCoroutine: transparency, composition (spec §2.3; §10 18, 19)."""
 
 from __future__ import annotations
 
