@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from . import _db_hooks
-from ._db_engines import READ_VERBS, Engine, statement_verb
+from ._db_engines import READ_VERBS, Engine, sanitize_sql, statement_verb
 
 if TYPE_CHECKING:
     from .db import DatabasePool
@@ -117,7 +117,7 @@ class Cursor:
                     "db.query",
                     attributes={
                         "db.system.name": self.engine.system_name,
-                        "db.query.text": sql,
+                        "db.query.text": sanitize_sql(sql),
                         "logcontext.db.txn_id": self.txn_id,
                     },
                     record_usage=False,

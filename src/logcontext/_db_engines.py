@@ -8,11 +8,19 @@ recognised by SQLSTATE and by the module already loaded in ``sys.modules``.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import sys
 from typing import Any, ClassVar, Final, Literal
 
-__all__ = ["Engine", "PostgresEngine", "SqliteEngine", "resolve_engine", "statement_verb"]
+__all__ = [
+    "Engine",
+    "PostgresEngine",
+    "SqliteEngine",
+    "resolve_engine",
+    "sanitize_sql",
+    "statement_verb",
+]
 
 #: First SQL words that label ``db_query_time_seconds{verb}``; anything else is ``OTHER``.
 VERBS: Final = frozenset(
@@ -72,6 +80,24 @@ def statement_verb(sql: str) -> str:
         _verb_cache.clear()
     _verb_cache[sql] = verb
     return verb
+
+
+_LITERALS: Final = re.compile(
+    r"'(?:[^']|'')*'"  # string literals
+    r"|(?<![\w$.])[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w.])"  # numbers, not in names
+)
+_sanitized: dict[str, str] = {}
+
+
+def sanitize_sql(sql: str) -> str:
+    """``sql`` with string and numeric literals replaced by ``?`` (for span attributes)."""
+    out = _sanitized.get(sql)
+    if out is None:
+        out = _LITERALS.sub("?", sql)
+        if len(_sanitized) >= _CACHE_MAX:
+            _sanitized.clear()
+        _sanitized[sql] = out
+    return out
 
 
 class Engine:

@@ -6,7 +6,13 @@ import sqlite3
 
 import pytest
 
-from logcontext._db_engines import PostgresEngine, SqliteEngine, resolve_engine, statement_verb
+from logcontext._db_engines import (
+    PostgresEngine,
+    SqliteEngine,
+    resolve_engine,
+    sanitize_sql,
+    statement_verb,
+)
 
 
 @pytest.mark.parametrize(
@@ -84,3 +90,17 @@ def test_resolve_engine() -> None:
     assert resolve_engine(eng) is eng
     with pytest.raises(ValueError, match="'mysql'"):
         resolve_engine("mysql")
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("SELECT 'secret', 42 FROM t1 WHERE a = ?", "SELECT ?, ? FROM t1 WHERE a = ?"),
+        ("UPDATE t SET note = 'it''s' WHERE id = 7", "UPDATE t SET note = ? WHERE id = ?"),
+        ("SELECT x FROM t WHERE id = $1 LIMIT 10", "SELECT x FROM t WHERE id = $1 LIMIT ?"),
+        ("SELECT -3.5e2, col2 FROM t", "SELECT ?, col2 FROM t"),
+    ],
+)
+def test_sanitize_sql_for_spans(sql: str, expected: str) -> None:
+    """Span statements lose string and numeric literals, keep names and placeholders."""
+    assert sanitize_sql(sql) == expected
