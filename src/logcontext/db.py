@@ -525,10 +525,11 @@ class DatabasePool:
                 attempts += 1
                 conn = state.conn
                 cur: Cursor | None = None
-                phase = 0  # 0 connect/begin, 1 body, 2 commit
+                phase = -1  # -1 connect, 0 begin, 1 body, 2 commit
                 try:
                     if conn is None:
                         conn = self._open(state)
+                    phase = 0
                     cur = Cursor(self, conn, desc, txn_id)
                     immediate = write_lock is not None and desc in self._writer_descs
                     if immediate:
@@ -550,7 +551,11 @@ class DatabasePool:
                 except BaseException as e:
                     lost = self._after_failure(state, conn, e)
                     retry = attempts <= self.max_retries and isinstance(e, Exception)
-                    if lost:
+                    if lost and phase == -1:  # could not (re)connect: keep the driver's error
+                        if not retry:
+                            _add_note(e, desc, txn_id, attempts, "could not connect")
+                            raise
+                    elif lost:
                         if phase == 2:
                             raise ConnectionLostError(desc, txn_id, attempts, during_commit=True) from e
                         if not retry:
@@ -668,9 +673,10 @@ def _close_quietly(conn: Any) -> None:
         conn.close()
 
 
-def _add_note(exc: BaseException, desc: str, txn_id: str, attempts: int) -> None:
+def _add_note(exc: BaseException, desc: str, txn_id: str, attempts: int, what: str = "") -> None:
+    prefix = f"{what} " if what else ""
     with contextlib.suppress(Exception):
-        exc.add_note(f"in database interaction {desc!r} (txn {txn_id}, attempt {attempts})")
+        exc.add_note(f"{prefix}in database interaction {desc!r} (txn {txn_id}, attempt {attempts})")
 
 
 def _observe(fn: Callable[..., None], *args: Any) -> None:

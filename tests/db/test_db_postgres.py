@@ -262,3 +262,21 @@ async def test_deadlock_retried(pg_dsn: str, table: str) -> None:
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         rows = conn.execute(f"SELECT x FROM {table} ORDER BY id").fetchall()
     assert rows == [(2,), (2,)]
+
+
+async def test_unreachable_server_raises_driver_error_with_desc() -> None:
+    """A server that cannot be reached: connect retried, then the driver's error names the desc."""
+    import psycopg
+    from _pg import _free_port
+
+    pool = DatabasePool.postgres(
+        f"postgresql://postgres@127.0.0.1:{_free_port()}/none",
+        connect_kwargs={"connect_timeout": 2},
+        max_retries=1,
+    )
+    with LoggingContext("req") as req:
+        with pytest.raises(psycopg.OperationalError) as info:
+            await pool.execute("probe_down", "SELECT 1")
+        assert req.get_resource_usage().db_txn_count == 1
+    await pool.close()
+    assert any("could not connect in database interaction 'probe_down'" in n for n in info.value.__notes__)
