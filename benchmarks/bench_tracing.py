@@ -2,6 +2,9 @@
 
 Suites:
 
+Notes under each suite give the same ratios per round (paired) and as a ratio of minima, which
+resist a noisy, shared machine better than a ratio of medians.
+
 * ``tracing`` (issue 10): a traced context — ``with start_span("x")`` inside a context, so the
   block runs in a child context whose usage goes on the span — against a bare OTel SDK
   ``start_as_current_span`` (both with a ``BatchSpanProcessor`` and a no-op exporter, no
@@ -20,6 +23,7 @@ Suites:
 from __future__ import annotations
 
 import contextvars
+import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -164,6 +168,10 @@ def b_traced_batch(n: int) -> float:
     return _ours(BATCH, n, in_context=True, record_usage=True)
 
 
+def b_scope_only_batch(n: int) -> float:
+    return _ours(BATCH, n, in_context=True, record_usage=False)
+
+
 def b_ctx_and_bare_batch(n: int) -> float:
     use(None)
     start = BATCH_TRACER.start_as_current_span
@@ -195,6 +203,15 @@ def b_attach_detach(n: int) -> float:
     return pc() - t
 
 
+def robust(s: Suite, a: str, b: str) -> None:
+    """Note two noise-resistant forms of ``a / b``: per-round paired median and ratio of minima."""
+    if not s.enabled:
+        return
+    ra, rb = s.results[a], s.results[b]
+    paired = statistics.median(x / y for x, y in zip(ra.samples, rb.samples, strict=True))
+    s.note(f"{a} / {b}: paired-round median {paired:.3f}, ratio of minima {ra.min / rb.min:.3f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(__doc__ or "", argv)
     ok = True
@@ -204,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add("empty", b_empty)
     s.add("otel_bare_span_batch", b_bare_batch)
     s.add("traced_ctx_batch", b_traced_batch)
+    s.add("span_no_usage_batch", b_scope_only_batch)
     s.add("ctx+otel_bare_batch", b_ctx_and_bare_batch)
     s.add("untraced_ctx", b_untraced_ctx)
     s.add("noop_traced_ctx", b_noop_ctx)
@@ -212,12 +230,10 @@ def main(argv: list[str] | None = None) -> int:
         "T1", "traced_ctx_batch", "otel_bare_span_batch", 1.2, "traced context / bare OTel SDK span (batch)"
     )
     s.ratio("T2", "noop_traced_ctx", "untraced_ctx", 1.1, "no-op path / untraced context")
-    if s.enabled:
-        s.note(
-            f"info: context + our span / context + bare OTel span = "
-            f"{s.median('traced_ctx_batch') / s.median('ctx+otel_bare_batch'):.3f} "
-            "(the first pays a child context; the second does not measure the span's usage)"
-        )
+    robust(s, "traced_ctx_batch", "otel_bare_span_batch")
+    robust(s, "noop_traced_ctx", "untraced_ctx")
+    robust(s, "span_no_usage_batch", "otel_bare_span_batch")
+    robust(s, "traced_ctx_batch", "ctx+otel_bare_batch")
     ok &= s.finish()
 
     s = Suite("tracing-p14", args)
@@ -226,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add("null_start_span", b_null_span)
     s.run()
     s.ratio("P14", "null_start_span", "tcv", 3.0, "with start_span('x') uninitialised / ContextVar set+reset")
+    robust(s, "null_start_span", "tcv")
     saved = _api._extra_installed
     _api._extra_installed = False
     try:
@@ -255,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         1.25,
         "start_span with usage / OTel start_as_current_span",
     )
+    robust(s, "start_span_usage", "otel_start_as_current_span")
     if s.enabled:
         extra = s.median("start_span_no_usage") - s.median("otel_start_as_current_span")
         s.check(

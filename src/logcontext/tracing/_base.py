@@ -126,11 +126,12 @@ NULL_SPAN = _NullSpan()
 class BackendSpan(abc.ABC):
     """Base of backend span wrappers: keeps the native span in ``raw``; ``end()`` runs once."""
 
-    __slots__ = ("_ended", "forced", "raw")
+    __slots__ = ("_ended", "forced", "forced_known", "raw")
 
     def __init__(self, raw: Any, forced: bool = False) -> None:
         self.raw = raw
         self.forced = forced
+        self.forced_known = True
         self._ended = False
 
     @property

@@ -53,11 +53,20 @@ def __getattr__(name: str) -> Any:
 class OtelSpan(BackendSpan):
     """An OpenTelemetry span behind the :class:`~logcontext.tracing.Span` protocol."""
 
-    __slots__ = ()
+    __slots__ = ("_start_ctx",)
+
+    def __init__(self, raw: Any, start_ctx: context.Context | None) -> None:
+        super().__init__(raw, False)
+        # Forced tracing is read from the start context's baggage only when asked for.
+        self._start_ctx = start_ctx
+        self.forced_known = False
 
     @property
     def context(self) -> SpanContext:
         sc = self.raw.get_span_context()
+        if not self.forced_known:
+            self.forced = self.forced or baggage.get_baggage(FORCE_KEY, self._start_ctx) == "1"
+            self.forced_known = True
         return SpanContext(sc.trace_id, sc.span_id, sc.trace_flags.sampled, self.forced, sc)
 
     def is_recording(self) -> bool:
@@ -181,8 +190,7 @@ class OtelBackend(Backend):
             record_exception=False,
             set_status_on_exception=False,
         )
-        forced = baggage.get_baggage(FORCE_KEY, ctx) == "1"
-        return OtelSpan(raw, forced)
+        return OtelSpan(raw, ctx if ctx is not None else context.get_current())
 
     def activate(self, span: BackendSpan) -> object:
         return context.attach(trace.set_span_in_context(span.raw))
@@ -201,7 +209,7 @@ class OtelBackend(Backend):
         return (sc.trace_id, sc.span_id) if sc.is_valid else None
 
     def wrap(self, raw: Any) -> BackendSpan:
-        return OtelSpan(raw, baggage.get_baggage(FORCE_KEY) == "1")
+        return OtelSpan(raw, context.get_current())
 
     def inject(self, span: BackendSpan, carrier: dict[str, str], *, http: bool = True) -> None:
         propagate.inject(carrier, context=trace.set_span_in_context(span.raw))
