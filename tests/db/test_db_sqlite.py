@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from logcontext import LoggingContext, _misuse, current_context
+from logcontext import LoggingContext, _misuse, configure, current_context
 from logcontext.db import Cursor, DatabasePool, set_database_observer
 
 
@@ -127,6 +127,7 @@ async def test_worker_runs_in_child_of_caller(pool: DatabasePool) -> None:
 @pytest.mark.accuracy
 async def test_worker_cpu_rolls_up_to_caller_and_parents(pool: DatabasePool) -> None:
     """CPU burnt in fn on the worker is charged to the caller and its ancestors (± 15 %)."""
+    configure(clock="cpu")  # restored by the suite's guard
     burnt: list[float] = []
 
     def burn(txn: Cursor) -> None:
@@ -468,6 +469,7 @@ async def test_bad_arguments_rejected(pool: DatabasePool) -> None:
 @pytest.mark.accuracy
 def test_worker_cpu_rolls_up_from_thread_caller(pool: DatabasePool) -> None:
     """From a plain thread, submit_interaction charges the worker's CPU to the caller's parents."""
+    configure(clock="cpu")  # restored by the suite's guard
     burnt: list[float] = []
 
     def burn(txn: Cursor) -> None:
