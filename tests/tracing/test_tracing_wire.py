@@ -160,3 +160,38 @@ def test_jaeger_udp_thrift_batch_decoded(udp_agent: Any) -> None:
     assert tags["logcontext.db.txn_s"].vDouble == pytest.approx(0.5)
     assert tags["logcontext.db.event_fetches"].vLong == 3
     assert {t.key: t.vStr for t in req.tags}["span.kind"] == "server"
+
+
+def test_service_name_builds_default_jaeger_tracer(udp_agent: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``opentracing`` with only ``service_name`` builds a jaeger tracer for the env's agent."""
+    monkeypatch.setenv("JAEGER_AGENT_PORT", str(udp_agent.port))
+    lt.init_tracing("opentracing", service_name="env-svc")
+    with lt.start_span("hello"):
+        pass
+    assert lt.shutdown_tracing(10.0) is True
+    from jaeger_client.thrift_gen.agent import Agent
+    from thrift.protocol.TCompactProtocol import TCompactProtocol
+    from thrift.transport.TTransport import TMemoryBuffer
+
+    (data, *_) = udp_agent.receive()
+    proto = TCompactProtocol(TMemoryBuffer(data))
+    proto.readMessageBegin()
+    args = Agent.emitBatch_args()
+    args.read(proto)
+    assert args.batch.process.serviceName == "env-svc"
+    assert [s.operationName for s in args.batch.spans] == ["hello"]
+
+
+def test_service_name_builds_sdk_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``otel`` with only ``service_name`` and no global provider uses an SDK one with it."""
+    from opentelemetry import trace
+
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
+    assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    lt.init_tracing("otel", service_name="sdk-svc")
+    backend = lt._api._backend
+    assert backend is not None
+    assert backend.provider.resource.attributes["service.name"] == "sdk-svc"  # type: ignore[attr-defined]
+    with lt.start_span("x") as span:
+        assert span.is_recording()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -78,6 +79,13 @@ class OpenTracingBackend(Backend):
     def __init__(self, *, tracer: Any = None, service_name: str | None = None) -> None:
         if tracer is None:
             tracer = opentracing.global_tracer()
+            if type(tracer) is opentracing.Tracer and service_name is not None:
+                # No tracer configured anywhere: a jaeger-client one for the local agent.
+                tracer = jaeger_tracer(
+                    service_name,
+                    agent_host=os.environ.get("JAEGER_AGENT_HOST", "127.0.0.1"),
+                    agent_port=int(os.environ.get("JAEGER_AGENT_PORT", "6831")),
+                )
         if not isinstance(tracer, opentracing.Tracer):
             raise TypeError(f"init_tracing: tracer must be an opentracing.Tracer, not {tracer!r}")
         self.tracer = tracer
