@@ -867,6 +867,15 @@ def _peer_host(request: Any) -> str | None:
     return host if isinstance(host, str) and host else None
 
 
+def _within(cur: Any, ctx: LoggingContext) -> bool:
+    """Whether ``cur`` is ``ctx`` or one of its descendants."""
+    while cur:
+        if cur is ctx:
+            return True
+        cur = cur.parent_context
+    return False
+
+
 class _RequestRun:
     """One request's lifecycle inside a :class:`LogContextResource`."""
 
@@ -942,6 +951,14 @@ class _RequestRun:
             st.sent_all()
         if self.rendering:
             self.finish_pending = True
+            return
+        if _within(_var_get(), st.ctx):
+            # Finished from code running in the request's context (typically the
+            # handler's coroutine, which goes on until its step ends): write the access
+            # line and exit on the next reactor turn, so that step is not late usage.
+            site = getattr(self.request, "site", None)
+            reactor = getattr(site, "reactor", None) or _default_reactor()
+            _context_without_logcontext().run(reactor.callLater, 0, self._complete)
             return
         self._complete()
 
