@@ -419,3 +419,23 @@ def test_trace_ids_hook_for_log_records(otel: Harness) -> None:
         assert _hooks.trace_ids() == (span.context.trace_id_hex, span.context.span_id_hex)
     lt.shutdown_tracing(2.0)
     assert _hooks.trace_ids is None
+
+
+def test_nesting_across_tasks_uvloop(otel: Harness) -> None:
+    """Under uvloop too, task spans parent to the creator's span and never leak back."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> None:
+        async def worker(i: int) -> None:
+            with lt.start_span(f"t{i}"):
+                await asyncio.sleep(0)
+
+        with LoggingContext("req"), lt.start_span("root") as root:
+            await asyncio.gather(*(worker(i) for i in range(3)))
+            assert lt.active_span() is root
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
+    by = otel.by_name()
+    assert all(by[f"t{i}"].parent_id == by["root"].span_id for i in range(3))
+    assert otel.finished()[-1].name == "root"
