@@ -53,7 +53,8 @@ class Cursor:
     """A DB-API cursor inside one transaction of one interaction.
 
     ``execute``/``executemany`` take ``?`` placeholders on every engine (the
-    engine converts them); each statement is logged at DEBUG on
+    engine converts them; with a mapping of named parameters the SQL is passed
+    to the driver as written); each statement is logged at DEBUG on
     ``logcontext.db.sql`` (values cut at 1000 characters), timed into the
     metrics observer, and traced as a ``db.query`` span when the pool has
     ``trace_queries``. Never commit or roll back through ``connection``: the
@@ -99,7 +100,9 @@ class Cursor:
             pool._take_write_lock(self)
         query = sql
         if args is not None and self.engine.converts_params:
-            query = self.engine.convert_param_style(sql)
+            first = (args[0] if args else None) if many else args
+            if not isinstance(first, Mapping):  # named parameters use the driver's own style
+                query = self.engine.convert_param_style(sql)
         if pool.log_sql and sql_logger.isEnabledFor(_DEBUG):
             self._log(sql, args, many)
         obs = _db_hooks.observer

@@ -280,3 +280,17 @@ async def test_unreachable_server_raises_driver_error_with_desc() -> None:
         assert req.get_resource_usage().db_txn_count == 1
     await pool.close()
     assert any("could not connect in database interaction 'probe_down'" in n for n in info.value.__notes__)
+
+
+async def test_named_parameters_passed_through(pool: DatabasePool, table: str) -> None:
+    """With a mapping of parameters the SQL goes to psycopg unconverted (%(name)s style)."""
+
+    def named(txn: Cursor) -> list[Any]:
+        txn.execute(f"INSERT INTO {table} (x, note) VALUES (%(x)s, %(note)s)", {"x": 4, "note": "n"})
+        txn.executemany(f"INSERT INTO {table} (x) VALUES (%(x)s)", [{"x": 5}, {"x": 6}])
+        txn.executemany(f"INSERT INTO {table} (x) VALUES (?)", [(7,), (8,)])
+        return txn.execute(f"SELECT x FROM {table} WHERE note = ?", ("n",)).fetchall()
+
+    with LoggingContext("req"):
+        assert await pool.run_interaction("named", named) == [(4,)]
+        assert len(await pool.execute("all", f"SELECT x FROM {table}")) == 5
