@@ -24,6 +24,7 @@ import os
 import re
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -112,22 +113,23 @@ class Ledger:
         "end_cp",
         "fast",
         "flags_gen",
-        "lat",
         "last_s",
         "last_u",
+        "lat",
         "mode_generation",
         "pend",
         "sampled",
         "thread_label",
         "unattributed_ns",
         "wall",
+        "wdl",
         "window_ns",
         "wlast",
         "wopen",
     )
 
     charged: LoggingContext | Any
-    pend: dict[Any, int]
+    pend: defaultdict[Any, int]
     lat: set[Any]
 
     def __init__(self) -> None:
@@ -136,7 +138,7 @@ class Ledger:
         self.unattributed_ns = 0
         self.attributed_ns = 0
         self.thread_label = thread_label(threading.current_thread().name)
-        self.pend = {}
+        self.pend = defaultdict(int)
         self.lat = set()
         self.fast = 0
         self.clk = _wall
@@ -144,7 +146,7 @@ class Ledger:
         self.end_cp = True
         self.window_ns = _window_ns
         self.wall = _wall
-        self.wlast = self.wopen = 0
+        self.wlast = self.wopen = self.wdl = 0
         self.flags_gen = -1
         self.mode_generation = _clock._generation
         r = _clock._reader()
@@ -164,11 +166,8 @@ class Ledger:
             pass
 
 
-class _Local(threading.local):
-    ledger: Ledger
-
-
-_local = _Local()
+# A plain ``threading.local`` (a subclass makes every attribute read slower).
+_local: Any = threading.local()
 
 
 def get_ledger() -> Ledger:
@@ -204,6 +203,7 @@ def _reconfigure(led: Ledger) -> None:
             led.last_u, led.last_s = r
         led.mode_generation = gen
         led.wlast = led.wopen = _wall()
+        led.wdl = led.wopen + _window_ns
         led.fast = 2
     elif _scalar_override is not None or (
         metering and _clock._fake is None and config.clock_mode in ("cpu", "wall")
@@ -213,6 +213,7 @@ def _reconfigure(led: Ledger) -> None:
         )
         led.clk = clk
         led.last_u = led.wopen = clk()
+        led.wdl = led.wopen + _window_ns
         led.last_s = 0
         led.mode_generation = gen
         led.fast = 1
@@ -306,16 +307,16 @@ def switch(led: Ledger, new: Any) -> None:
             d = _regression(d, 0)[0]
         if old is _SENTINEL:
             led.unattributed_ns += d
-            if now - led.wopen >= led.window_ns:
+            if now >= led.wdl:
                 close_window(led, now)
             return
         pend = led.pend
-        pend[old] = pend.get(old, 0) + d
+        pend[old] += d
         if old.finished:
             led.lat.add(old)
         # A switch away from a context that is no longer entered anywhere is
         # (nearly always) its exit: close so its figures are final.
-        if old._token is None or now - led.wopen >= led.window_ns:
+        if old._token is None or now >= led.wdl:
             close_window(led, now)
         return
     if fast == 2:
@@ -323,15 +324,15 @@ def switch(led: Ledger, new: Any) -> None:
         led.charged = new
         if old is not _SENTINEL:
             pend = led.pend
-            pend[old] = pend.get(old, 0) + now - led.wlast
+            pend[old] += now - led.wlast
             led.wlast = now
             if old.finished:
                 led.lat.add(old)
-            if old._token is None or now - led.wopen >= led.window_ns:
+            if old._token is None or now >= led.wdl:
                 close_window(led, now)
             return
         led.wlast = now
-        if now - led.wopen >= led.window_ns:
+        if now >= led.wdl:
             close_window(led, now)
         return
     led.charged = new
@@ -382,6 +383,7 @@ def close_window(led: Ledger, now: int) -> list[tuple[Any, int, int]]:
         _reconfigure(led)  # drops the shares measured under the old settings
         return []
     led.wopen = now
+    led.wdl = now + led.window_ns
     if led.fast == 1:
         return _flush_exact(led)
     pend = led.pend
@@ -485,7 +487,7 @@ def in_progress(ctx: Any) -> tuple[int, int] | None:
             now = led.wall()
             if ch is not _SENTINEL:
                 pend = led.pend
-                pend[ch] = pend.get(ch, 0) + now - led.wlast
+                pend[ch] += now - led.wlast
                 led.wlast = now
             items = close_window(led, now)
         else:

@@ -89,14 +89,14 @@ class MeteredCoroutine(Coroutine[Any, Any, T]):
                         led.unattributed_ns += d
                     else:
                         pend = led.pend
-                        pend[saved] = pend.get(saved, 0) + d
+                        pend[saved] += d
                         if saved.finished:
                             led.lat.add(saved)
                 else:
                     now = led.wall()
                     if saved is not _SENTINEL:
                         pend = led.pend
-                        pend[saved] = pend.get(saved, 0) + now - led.wlast
+                        pend[saved] += now - led.wlast
                         if saved.finished:
                             led.lat.add(saved)
                     led.wlast = now
@@ -113,7 +113,7 @@ class MeteredCoroutine(Coroutine[Any, Any, T]):
                 old = led.charged
                 if old is not target:
                     fast = led.fast
-                    if fast and led.flags_gen == _clock._generation:
+                    if fast:  # a settings change is picked up at the next step's start
                         if fast == 1:
                             now = led.clk()
                             d = now - led.last_u
@@ -122,19 +122,19 @@ class MeteredCoroutine(Coroutine[Any, Any, T]):
                                 led.unattributed_ns += d
                             else:
                                 pend = led.pend
-                                pend[old] = pend.get(old, 0) + d
+                                pend[old] += d
                                 if old.finished:
                                     led.lat.add(old)
                         else:
                             now = led.wall()
                             if old is not _SENTINEL:
                                 pend = led.pend
-                                pend[old] = pend.get(old, 0) + now - led.wlast
+                                pend[old] += now - led.wlast
                                 if old.finished:
                                     led.lat.add(old)
                             led.wlast = now
                         led.charged = target
-                        if now - led.wopen >= led.window_ns:
+                        if now >= led.wdl:
                             _close_window(led, now)
                     else:
                         _switch(led, target)
