@@ -173,10 +173,10 @@ _local: Any = threading.local()
 def get_ledger() -> Ledger:
     """The calling thread's ledger (created on first use)."""
     try:
-        return _local.ledger
+        led: Ledger = _local.ledger
     except AttributeError:
         led = _local.ledger = Ledger()
-        return led
+    return led
 
 
 def _reconfigure(led: Ledger) -> None:
