@@ -109,6 +109,8 @@ def test_extract_requires_authenticated_allowed_origin(kind: str, make_harness: 
     bytes_headers = {k.encode(): [v.encode()] for k, v in headers.items()}
     assert lt.extract(bytes_headers, origin="peer.example", authenticated=True) == parent
     assert lt.extract_text_map(carrier, origin="peer.example", authenticated=True) == parent
+    pairs = [(k.encode(), v.encode()) for k, v in headers.items()]
+    assert lt.extract(pairs, origin="peer.example", authenticated=True) == parent
     link = lt.extract_link(headers)
     assert link == parent
     assert lt.extract_link({"unrelated": "x"}) is None

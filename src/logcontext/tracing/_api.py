@@ -1080,13 +1080,17 @@ def _first(value: Any) -> str | None:
 
 
 def _read_headers(headers: Any) -> dict[str, str]:
-    """Normalise inbound headers (str/bytes keys, str/bytes/list values, Twisted) to lower-case."""
+    """Normalise inbound headers (str/bytes keys, str/bytes/list values, pairs, Twisted)."""
     if hasattr(headers, "getAllRawHeaders"):
         items: Iterable[tuple[Any, Any]] = headers.getAllRawHeaders()
     elif hasattr(headers, "items"):
         items = headers.items()
+    elif isinstance(headers, list | tuple):
+        items = headers  # ASGI-style [(name, value), ...]
     else:
-        raise TypeError(f"headers must be a mapping or Twisted Headers, not {type(headers)!r}")
+        raise TypeError(
+            f"headers must be a mapping, a list of pairs or Twisted Headers, not {type(headers)!r}"
+        )
     out: dict[str, str] = {}
     for key, value in items:
         k = key.decode("latin-1") if isinstance(key, bytes) else key
