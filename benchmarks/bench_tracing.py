@@ -172,6 +172,21 @@ def b_scope_only_batch(n: int) -> float:
     return _ours(BATCH, n, in_context=True, record_usage=False)
 
 
+def b_owned_span_ctx_batch(n: int) -> float:
+    """A context owning its span (request style): ended with usage by the context's exit."""
+    use(BATCH)
+    start = _api.start_context_span
+    try:
+        t = pc()
+        for _ in range(n):
+            ctx = LoggingContext("x")
+            with ctx, start(ctx, "x"):
+                pass
+        return pc() - t
+    finally:
+        use(None)
+
+
 def b_ctx_and_bare_batch(n: int) -> float:
     use(None)
     start = BATCH_TRACER.start_as_current_span
@@ -223,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add("traced_ctx_batch", b_traced_batch)
     s.add("span_no_usage_batch", b_scope_only_batch)
     s.add("ctx+otel_bare_batch", b_ctx_and_bare_batch)
+    s.add("owned_span_ctx_batch", b_owned_span_ctx_batch)
     s.add("untraced_ctx", b_untraced_ctx)
     s.add("noop_traced_ctx", b_noop_ctx)
     s.run()
@@ -234,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     robust(s, "noop_traced_ctx", "untraced_ctx")
     robust(s, "span_no_usage_batch", "otel_bare_span_batch")
     robust(s, "traced_ctx_batch", "ctx+otel_bare_batch")
+    robust(s, "owned_span_ctx_batch", "otel_bare_span_batch")
+    robust(s, "owned_span_ctx_batch", "ctx+otel_bare_batch")
     ok &= s.finish()
 
     s = Suite("tracing-p14", args)

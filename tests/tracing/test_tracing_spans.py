@@ -439,3 +439,24 @@ def test_nesting_across_tasks_uvloop(otel: Harness) -> None:
     by = otel.by_name()
     assert all(by[f"t{i}"].parent_id == by["root"].span_id for i in range(3))
     assert otel.finished()[-1].name == "root"
+
+
+def test_reinit_and_shutdown_with_open_scope(make_harness: Any) -> None:
+    """A scope opened before re-init or shutdown still closes on its own backend, once."""
+    first = make_harness("otel")
+    cm = lt.start_span("old")
+    cm.__enter__()
+    lt.set_tag("no-op?", 1)
+    second = make_harness("mock")
+    with lt.start_span("new"):
+        pass
+    cm.__exit__(None, None, None)
+    assert [f.name for f in first.finished()] == ["old"]
+    assert [f.name for f in second.finished()] == ["new"]
+    cm2 = lt.start_span("closing")
+    cm2.__enter__()
+    assert lt.shutdown_tracing(2.0) is True
+    cm2.__exit__(None, None, None)
+    assert [f.name for f in second.finished()] == ["new", "closing"]
+    lt.set_tag("k", "v")  # off again: nothing to set, nothing raised
+    assert lt.active_span() is None
