@@ -126,3 +126,24 @@ def test_force_tracing_sampler_is_lazy() -> None:
     assert "ForceTracingSampler" in sampler.get_description()
     with pytest.raises(TypeError, match="Sampler"):
         lt.ForceTracingSampler("nope")  # type: ignore[arg-type]
+
+
+def test_decorated_while_off_traces_once_enabled() -> None:
+    """A function decorated before ``init_tracing`` is traced once tracing is on (flag per call)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    @lt.trace_with_name("early")
+    def early() -> int:
+        return 1
+
+    assert early() == 1
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    lt.init_tracing("otel", tracer_provider=provider)
+    assert early() == 1
+    lt.shutdown_tracing(2.0)
+    assert early() == 1
+    assert [s.name for s in exporter.get_finished_spans()] == ["early"]
