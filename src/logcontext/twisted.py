@@ -126,7 +126,8 @@ class _TwistedMeteredCoroutine(MeteredCoroutine[R]):
     in the sentinel. Twisted resumes a coroutine from whatever code fires the Deferred
     it awaits, often inside another context's block; when the thread is charging a
     context at the start of a step, the step counts as nested, so its end gives the
-    ledger back to that context instead of the sentinel.
+    ledger back to that context instead of the sentinel. (Not in the ``lazy`` step
+    mode, where the context still charged is just the previous step's.)
     """
 
     __slots__ = ()
@@ -136,7 +137,7 @@ class _TwistedMeteredCoroutine(MeteredCoroutine[R]):
             led = _local.ledger
         except AttributeError:
             led = _get_ledger()
-        if led.charged is _SENTINEL:
+        if led.charged is _SENTINEL or not led.end_cp:
             return MeteredCoroutine.send(self, value)
         led.depth += 1
         try:
@@ -149,7 +150,7 @@ class _TwistedMeteredCoroutine(MeteredCoroutine[R]):
             led = _local.ledger
         except AttributeError:
             led = _get_ledger()
-        if led.charged is _SENTINEL:
+        if led.charged is _SENTINEL or not led.end_cp:
             return MeteredCoroutine.throw(self, typ, val, tb)
         led.depth += 1
         try:
