@@ -116,9 +116,8 @@ def test_interleaved_coroutines_wall_clock(tw: TwistedHarness) -> None:
         ra, rb = _step_wall["A"], _step_wall["B"]
         if (abs(a - ra) <= 0.25 * ra and abs(b - rb) <= 0.25 * rb) or attempt:
             break
-    print(
-        f"\n[{tw.kind}/wall] A={a * 1e3:.3f} ms (steps {ra * 1e3:.3f}) B={b * 1e3:.3f} ms (steps {rb * 1e3:.3f})"
-    )
+    print(f"\n[{tw.kind}/wall] A={a * 1e3:.3f} ms (steps {ra * 1e3:.3f})", end=" ")
+    print(f"B={b * 1e3:.3f} ms (steps {rb * 1e3:.3f})")
     assert a == pytest.approx(ra, rel=0.25)
     assert b == pytest.approx(rb, rel=0.25)
 
