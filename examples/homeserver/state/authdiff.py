@@ -113,6 +113,11 @@ class AuthDifferenceWalk:
         self.pops = 0
         self.common_expanded = 0
         self.max_heap = 0
+        #: Lazy mode: common events expanded before switching to the closure fallback.
+        self.budget = 2000 + 4 * len(seeds)
+        self.fallback = False
+        self._cu: set[str] | None = None
+        self._cu_stack: list[str] = []
 
     def _start(self) -> None:
         nodes = self.nodes
@@ -121,10 +126,9 @@ class AuthDifferenceWalk:
         for e in self.seeds:
             n = _node(nodes, e, missing)
             ranks[e] = 0 if n is None else n[0]
-        if self.mode != "oracle":
-            for e in self.common:
-                n = _node(nodes, e, missing)
-                ranks[e] = 0 if n is None else n[0]
+        common = self.common
+        if self.mode != "oracle" and not isinstance(nodes, CompleteNodes):
+            missing.extend(e for e in common if e not in nodes)
         if missing:
             raise NeedNodes(missing)
         full = self.full
@@ -138,13 +142,16 @@ class AuthDifferenceWalk:
             heap.append((-ranks[e], e))
             if m != full:
                 self.pending += 1
+        get = nodes.get  # dict.get: an unknown event gives None (never NeedNodes here)
         if self.mode == "eager":
-            for e in self.common:
-                if e in ranks and e not in mask:
+            for e in common:
+                if e not in mask:
                     mask[e] = full
-                    heap.append((-ranks[e], e))
+                    n = get(e)
+                    heap.append((0 if n is None else -n[0], e))
         elif self.mode == "lazy":
-            self.u_heap = [(-ranks[e], e) for e in self.common if ranks[e]]
+            # Unknown common events have no auth events: nothing to expand.
+            self.u_heap = [(-n[0], e) for e in common if (n := get(e)) is not None]
             heapq.heapify(self.u_heap)
         heapq.heapify(heap)
         self.started = True
@@ -162,6 +169,8 @@ class AuthDifferenceWalk:
         is_common = self.is_common if self.mode == "oracle" else None
         heappush, heappop = heapq.heappush, heapq.heappop
         while self.pending > 0:
+            if self.common_expanded > self.budget or self.fallback:
+                return self._run_fallback()
             if len(heap) > self.max_heap:
                 self.max_heap = len(heap)
             from_common = bool(u_heap) and (not heap or u_heap[0] < heap[0])
@@ -208,6 +217,50 @@ class AuthDifferenceWalk:
                             self.pending -= 1
         return {e for e, m in mask.items() if m != full}
 
+    def _run_fallback(self) -> set[str]:
+        """Deep common history (e.g. a fork citing an ancient event): compute the closure
+        ``CU`` of the common events by a plain search, then each input's reach from its
+        own events without entering ``CU``; the difference is union minus intersection of
+        those reaches (``D_i = CU ∪ X_i``). O(|CU| + walked), no heap, no early exit."""
+        self.fallback = True
+        nodes = self.nodes
+        if self._cu is None:
+            self._cu = set(self.common)
+            self._cu_stack = list(self.common)
+        cu, stack = self._cu, self._cu_stack
+        while stack:
+            x = stack[-1]
+            try:
+                n = nodes[x]
+            except KeyError:
+                raise NeedNodes([x, *[y for y in stack[-100:-1] if y not in nodes]]) from None
+            stack.pop()
+            if n is not None:
+                for a in n[1]:
+                    if a not in cu:
+                        cu.add(a)
+                        stack.append(a)
+        n_inputs = self.full.bit_length()
+        reaches: list[set[str]] = []
+        for i in range(n_inputs):
+            bit = 1 << i
+            start = [e for e, m in self.seeds.items() if m & bit and e not in cu]
+            seen = set(start)
+            todo = list(start)
+            while todo:
+                x = todo.pop()
+                try:
+                    n = nodes[x]
+                except KeyError:
+                    raise NeedNodes([x]) from None
+                if n is not None:
+                    for a in n[1]:
+                        if a not in seen and a not in cu:
+                            seen.add(a)
+                            todo.append(a)
+            reaches.append(seen)
+        return set().union(*reaches) - reaches[0].intersection(*reaches[1:])
+
 
 def auth_difference(
     state_sets: Sequence[Collection[str]],
@@ -215,8 +268,13 @@ def auth_difference(
     *,
     mode: str = "lazy",
     is_common: Callable[[str], bool] | None = None,
+    budget: int | None = None,
 ) -> set[str]:
-    """Auth difference of inputs given as event-ID collections (walk; equals the definition)."""
+    """Auth difference of inputs given as event-ID collections (walk; equals the definition).
+
+    ``budget`` overrides how many common events the lazy walk expands before it switches to
+    the closure fallback (0 forces the fallback as soon as common state must be expanded).
+    """
     n = len(state_sets)
     if n == 0:
         return set()
@@ -229,7 +287,10 @@ def auth_difference(
     common = {e for e, m in seeds.items() if m == full}
     for e in common:
         del seeds[e]
-    return AuthDifferenceWalk(seeds, n, common, nodes, mode=mode, is_common=is_common).run()
+    walk = AuthDifferenceWalk(seeds, n, common, nodes, mode=mode, is_common=is_common)
+    if budget is not None:
+        walk.budget = budget
+    return walk.run()
 
 
 def conflicted_subgraph(conflicted: Collection[str], nodes: NodeMap) -> set[str]:

@@ -36,7 +36,9 @@ class ChainCoverIndex:
         self.chains: list[list[str]] = []
         self.chain_keys: list[tuple[str, str | None]] = []
         self.links: list[dict[int, _Stair]] = []
-        self.rlinks: list[set[int]] = []
+        # Per target chain: (target_seq, source_chain, origin_seq) of every link into it.
+        self.into: list[list[tuple[int, int, int]]] = []
+        self._into_sorted: list[bool] = []
         self.dangling: dict[str, list[str]] = {}
 
     def __len__(self) -> int:
@@ -73,7 +75,8 @@ class ChainCoverIndex:
             self.chains.append([])
             self.chain_keys.append(key)
             self.links.append({})
-            self.rlinks.append(set())
+            self.into.append([])
+            self._into_sorted.append(True)
         self.chains[chain].append(event_id)
         pos[event_id] = (chain, seq)
         reach: dict[int, int] = {}
@@ -91,10 +94,13 @@ class ChainCoverIndex:
             stair = own.get(c2)
             if stair is None:
                 stair = own[c2] = _Stair()
-                self.rlinks[c2].add(chain)
             if t > stair.max_at(seq):
                 stair.origins.append(seq)
                 stair.targets.append(t)
+                into = self.into[c2]
+                if into and into[-1][0] > t:
+                    self._into_sorted[c2] = False
+                into.append((t, chain, seq))
         return chain, seq
 
     def reaches(self, a: str, b: str) -> bool:
@@ -160,36 +166,32 @@ class ChainCoverIndex:
             if p is not None and p[1] > u_max.get(p[0], 0):
                 u_max[p[0]] = p[1]
         common_unknown = {e for e in common if e not in pos}
-        reach_cache: dict[int, int] = {}
-        links = self.links
+        into = self.into
+        into_sorted = self._into_sorted
 
-        def chain_reach(c: int) -> int:
-            r = reach_cache.get(c)
-            if r is None:
-                r = u_max.get(c, 0)
-                sources = self.rlinks[c]
-                if len(sources) < len(u_max):
-                    it: Iterable[int] = (s for s in sources if s in u_max)
-                else:
-                    it = (s for s in u_max if s in sources)
-                for src in it:
-                    t = links[src][c].max_at(u_max[src])
-                    if t > r:
-                        r = t
-                reach_cache[c] = r
-            return r
+        def reached(c: int, s: int) -> bool:
+            # Some event of ``common`` on a chain linking into ``c`` at ``>= s``? Links are
+            # scanned from the highest target down, so only links above ``s`` are read.
+            if u_max.get(c, 0) >= s:
+                return True
+            links_in = into[c]
+            if not into_sorted[c]:
+                links_in.sort()
+                into_sorted[c] = True
+            for i in range(len(links_in) - 1, -1, -1):
+                target, src, origin = links_in[i]
+                if target < s:
+                    return False
+                if u_max.get(src, 0) >= origin:
+                    return True
+            return False
 
         def is_common(x: str) -> bool:
             p = pos.get(x)
             if p is None:
                 if x in common_unknown:
                     return True
-                for citer in self.dangling.get(x, ()):
-                    cc, cs = pos[citer]
-                    if u_max.get(cc, 0) >= cs or chain_reach(cc) >= cs:
-                        return True
-                return False
-            c, s = p
-            return u_max.get(c, 0) >= s or chain_reach(c) >= s
+                return any(reached(*pos[citer]) for citer in self.dangling.get(x, ()))
+            return reached(p[0], p[1])
 
         return is_common

@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import heapq
 from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, closing
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ._instrument import resolution_scope
 from .auth import AuthFailure, auth_types, check_auth
 from .authdiff import AuthDifferenceWalk, CompleteNodes, NeedNodes, Node, conflicted_subgraph
 from .errors import (
@@ -124,11 +125,10 @@ class _Ctx:
             yield ("events", missing)
 
 
-class _Phases:
+class _Phases(Protocol):
     """Phase hooks: a context manager per phase yielding a dict of span attributes."""
 
-    def phase(self, name: str) -> AbstractContextManager[dict[str, Any]]:
-        return nullcontext({})
+    def phase(self, name: str) -> AbstractContextManager[dict[str, Any]]: ...
 
 
 def _retry(
@@ -642,6 +642,11 @@ class InMemoryEventSource:
 
 
 def _drive_sync(gen: Generator[Request, None, dict[StateKey, str]]) -> dict[StateKey, str]:
+    with closing(gen):  # a failure closes the generator now (its phase blocks exit in order)
+        return _drive_sync_inner(gen)
+
+
+def _drive_sync_inner(gen: Generator[Request, None, dict[StateKey, str]]) -> dict[StateKey, str]:
     try:
         while True:
             kind, ids = next(gen)
@@ -653,6 +658,13 @@ def _drive_sync(gen: Generator[Request, None, dict[StateKey, str]]) -> dict[Stat
 
 
 async def _drive_async(
+    gen: Generator[Request, None, dict[StateKey, str]], ctx: _Ctx, source: EventSource
+) -> dict[StateKey, str]:
+    with closing(gen):
+        return await _drive_async_inner(gen, ctx, source)
+
+
+async def _drive_async_inner(
     gen: Generator[Request, None, dict[StateKey, str]], ctx: _Ctx, source: EventSource
 ) -> dict[StateKey, str]:
     try:
@@ -674,12 +686,6 @@ async def _drive_async(
     except StopIteration as stop:
         result: dict[StateKey, str] = stop.value
         return result
-
-
-def _phases_for(room_id: str, rules: RoomRules) -> _Phases:
-    from ._instrument import instrumented_phases
-
-    return instrumented_phases(room_id, rules)
 
 
 def resolve_state(
@@ -713,8 +719,10 @@ def resolve_state(
         ) or ""
     opts = options or ResolveOptions()
     ctx = _Ctx(room_id, source.events, source.nodes, complete=True)  # type: ignore[arg-type]
-    gen = _resolve(ctx, rules, inputs, opts, _phases_for(room_id, rules), source.chain_index(), stages)
-    return _drive_sync(gen)
+    largest = max((len(s) for s in inputs), default=0)
+    with resolution_scope(room_id, rules, len(inputs), largest, opts.trace_decisions) as phases:
+        gen = _resolve(ctx, rules, inputs, opts, phases, source.chain_index(), stages)
+        return _drive_sync(gen)
 
 
 async def resolve_state_async(
@@ -733,8 +741,10 @@ async def resolve_state_async(
         ctx = _Ctx(room_id, source.events, source.nodes, complete=True)  # type: ignore[arg-type]
     else:
         ctx = _Ctx(room_id, {}, {}, complete=False)
-    gen = _resolve(ctx, rules, inputs, opts, _phases_for(room_id, rules), source.chain_index(), stages)
-    return await _drive_async(gen, ctx, source)
+    largest = max((len(s) for s in inputs), default=0)
+    with resolution_scope(room_id, rules, len(inputs), largest, opts.trace_decisions) as phases:
+        gen = _resolve(ctx, rules, inputs, opts, phases, source.chain_index(), stages)
+        return await _drive_async(gen, ctx, source)
 
 
 def iter_vector_cases(lines: Iterable[str]) -> Iterator[dict[str, Any]]:

@@ -53,6 +53,7 @@ def test_walk_equals_definition(data: tuple[dict[str, list[str]], list[list[str]
     want = full_auth_difference(inputs, nodes)
     assert auth_difference(inputs, nodes, mode="lazy") == want
     assert auth_difference(inputs, nodes, mode="eager") == want
+    assert auth_difference(inputs, nodes, mode="lazy", budget=-1) == want  # closure fallback
     assert auth_difference(inputs[::-1], nodes, mode="lazy") == want
     common = set(inputs[0]).intersection(*inputs[1:])
     closure = reach_closure(common, nodes)

@@ -92,6 +92,7 @@ def _check_stages(c: dict[str, Any]) -> None:
     assert full_auth_difference(sets, src.nodes) == want
     assert auth_difference(sets, src.nodes, mode="lazy") == want
     assert auth_difference(sets, src.nodes, mode="eager") == want
+    assert auth_difference(sets, src.nodes, mode="lazy", budget=-1) == want
     assert idx.difference(sets) == want
     common = set(sets[0]).intersection(*sets[1:])
     oracle = idx.closure_oracle(common)
