@@ -102,7 +102,9 @@ class Measure:
         m = _bgmetrics.active
         if m is None:
             return
-        usage = ctx.get_resource_usage()
+        # The child has just exited (its CPU is booked at the exit checkpoint), so its totals
+        # are final: read them without the snapshot machinery of get_resource_usage().
+        usage = getattr(ctx, "_usage", None) or ctx.get_resource_usage()
         b = m.block(self.name, cast(str, self.server_name))
         b.count.inc()
         b.time.inc(duration if duration > 0 else 0.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -23,6 +24,8 @@ from ._web_common import (
 __all__ = ["logcontext_middleware"]
 
 logger = logging.getLogger("logcontext.web")
+_TRACING_MODULE = "logcontext.tracing"
+_MISSING: Any = object()
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -94,9 +97,9 @@ def logcontext_middleware(
             route=_route_name(request),
         )
         writer = request.writer
-        counting = False
-        if hasattr(writer, "on_body_write"):
-            previous = writer.on_body_write
+        previous = getattr(writer, "on_body_write", _MISSING)
+        counting = previous is not _MISSING
+        if counting:
 
             def on_body_write(size: int, total: int) -> None:
                 st.bytes_sent += size
@@ -104,13 +107,14 @@ def logcontext_middleware(
                     previous(size, total)
 
             writer.on_body_write = on_body_write
-            counting = True
 
         with st.ctx:
             token = _CURRENT.set(st)
             try:
                 st.begin()
-                scope_cm = start_server_span(st, request.headers)
+                scope_cm = None
+                if _TRACING_MODULE in sys.modules:
+                    scope_cm = start_server_span(st, request.headers)
                 try:
                     return await _run(request, handler, st, counting)
                 finally:
@@ -119,6 +123,8 @@ def logcontext_middleware(
                         scope_cm.__exit__(None, None, None)
             finally:
                 _CURRENT.reset(token)
+                if counting:
+                    writer.on_body_write = previous  # breaks the writer -> state cycle
 
     return logcontext_mw
 
@@ -145,8 +151,9 @@ async def _run(
     st.status = resp.status
     if not resp.prepared:
         resp.headers[st.opts.request_id_header] = st.request_id_value
-        for k, v in response_trace_headers().items():
-            resp.headers[k] = v
+        if st.ctx.span is not None:
+            for k, v in response_trace_headers().items():
+                resp.headers[k] = v
     st.response_started = True
     try:
         await resp.prepare(request)

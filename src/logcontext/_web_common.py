@@ -16,7 +16,7 @@ from typing import Any
 from logcontext import ContextRequest, ContextResourceUsage, LoggingContext
 
 from . import _bgmetrics
-from ._access import AccessRecord, check_access_line_format, log_access, log_arrival
+from ._access import AccessRecord, access_logger, check_access_line_format, format_access_line
 from ._redact import DEFAULT_REDACT, redact_uri
 
 __all__ = [
@@ -32,6 +32,9 @@ logger = logging.getLogger("logcontext.web")
 DEFAULT_QUIET_PATHS: frozenset[str] = frozenset({"/health"})
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _counter = itertools.count(1)
+_monotonic = time.monotonic
+_time = time.time
+_ZERO_USAGE = ContextResourceUsage()
 
 #: The request being handled in this ``Context`` (set by the integrations).
 _CURRENT: ContextVar[RequestState | None] = ContextVar("logcontext_web_request", default=None)
@@ -201,25 +204,31 @@ class RequestState:
         scheme: str,
         route: Callable[[], str | None] | None = None,
     ) -> None:
-        self.received = time.monotonic()
-        self.received_ts = time.time()
+        self.received = _monotonic()
+        self.received_ts = _time()
         self.opts = opts
         self.method = method
         self.path = path
         self.scheme = scheme
-        rid, self.echo_id = opts.choose_request_id(headers_get(opts.request_id_header))
-        ip = opts.client_ip(peer, headers_get("X-Forwarded-For") if opts.trusted_proxies else None)
-        self.request = ContextRequest(
-            request_id=f"{method}-{rid}",
-            ip_address=ip,
-            site_tag=opts.site_tag,
-            method=method,
-            url=redact_uri(raw_uri, opts.redact_params),
-            protocol=protocol,
-            user_agent=headers_get("User-Agent") or "-",
+        self.echo_id: str | None = None
+        if opts.trust_request_id:
+            rid, self.echo_id = opts.choose_request_id(headers_get(opts.request_id_header))
+        else:
+            rid = str(next(_counter))
+        proxies = opts.trusted_proxies
+        ip = opts.client_ip(peer, headers_get("X-Forwarded-For")) if proxies else peer or "-"
+        name = f"{method}-{rid}"
+        self.request = req = ContextRequest(
+            name,
+            ip,
+            opts.site_tag,
+            method,
+            redact_uri(raw_uri, opts.redact_params) if "?" in raw_uri else raw_uri,
+            protocol,
+            headers_get("User-Agent") or "-",
         )
-        self.ctx = LoggingContext(self.request.request_id, server_name=opts.server_name, request=self.request)
-        self.server_name = self.ctx.server_name
+        self.ctx = ctx = LoggingContext(name, server_name=opts.server_name, request=req)
+        self.server_name = ctx.server_name
         self.servlet: str | None = None
         self._route = route
         self.handler_finished: float | None = None
@@ -231,7 +240,7 @@ class RequestState:
         self.completed = False
         self.cancelled = False
         self.received_counted = False
-        self.reported = ContextResourceUsage()
+        self.reported = _ZERO_USAGE
 
     @property
     def request_id_value(self) -> str:
@@ -257,13 +266,16 @@ class RequestState:
 
     def begin(self) -> None:
         """Inside the request context: arrival line, in-flight metrics."""
-        log_arrival(
-            self.request.ip_address,
-            self.opts.site_tag,
-            self.method,
-            self.request.url,
-            scheme=self.scheme,
-        )
+        lg = access_logger(self.scheme, self.opts.site_tag)
+        if lg.isEnabledFor(logging.DEBUG):
+            req = self.request
+            lg.debug(
+                "%s - %s - Received request: %s %s",
+                req.ip_address,
+                req.site_tag,
+                self.method,
+                req.url,
+            )
         m = _bgmetrics.active
         if m is not None:
             m.request_started(self)
@@ -285,70 +297,41 @@ class RequestState:
     def handler_done(self) -> None:
         """Mark "handler finished" (the first mark wins)."""
         if self.handler_finished is None:
-            self.handler_finished = time.monotonic()
+            self.handler_finished = _monotonic()
 
     def client_gone(self) -> None:
         """The client disconnected before the response was complete."""
         if self.gone_at is None and not self.completed:
-            self.gone_at = time.monotonic()
+            self.gone_at = _monotonic()
 
     def sent_all(self) -> None:
         """The last byte of the response was handed to the transport."""
         if self.gone_at is None:
             self.completed = True
-        self.response_sent = time.monotonic()
+        self.response_sent = _monotonic()
 
     # -- completion --------------------------------------------------------------------------
 
     def finish(self) -> None:
         """Inside the request context: access line, span name/attributes, request metrics."""
-        now = time.monotonic()
-        self.handler_done()
-        assert self.handler_finished is not None
-        end = self.response_sent if self.completed and self.response_sent else None
+        if self.handler_finished is None:
+            self.handler_finished = _monotonic()
+        handler_finished = self.handler_finished
+        end = self.response_sent if self.completed else None
         if end is None:
-            end = self.gone_at if self.gone_at is not None else now
-        usage = self.ctx.get_resource_usage()
-        req = self.request
+            end = self.gone_at if self.gone_at is not None else _monotonic()
+        cancelled = self.cancelled
         status = self.status
-        if self.cancelled:
-            code = "499"
-        elif status is None:
-            code = "0"
-        else:
-            code = str(status)
-        rec = AccessRecord(
-            ip=req.ip_address,
-            site_tag=req.site_tag,
-            method=self.method,
-            uri=req.url,
-            protocol=req.protocol,
-            user_agent=req.user_agent,
-            requester=req.requester,
-            authenticated_entity=req.authenticated_entity,
-            processing_time=self.handler_finished - self.received,
-            send_time=end - self.handler_finished,
-            ru_utime=usage.ru_utime,
-            ru_stime=usage.ru_stime,
-            db_sched_duration_sec=usage.db_sched_duration_sec,
-            db_txn_duration_sec=usage.db_txn_duration_sec,
-            db_txn_count=usage.db_txn_count,
-            evt_db_fetch_count=usage.evt_db_fetch_count,
-            bytes_sent=self.bytes_sent,
-            status=status,
-            completed=self.completed and not self.cancelled,
-            cancelled=self.cancelled,
-            request_id=self.ctx.name,
-            servlet=self.servlet_name,
-            received_ts=self.received_ts,
-            end_ts=self.received_ts + (end - self.received),
-        )
+        code = "499" if cancelled else ("0" if status is None else str(status))
         quiet = self.method == "OPTIONS" or self.path in self.opts.quiet_paths
-        try:
-            log_access(rec, scheme=self.scheme, fmt=self.opts.access_line_format, quiet=quiet)
-        except Exception:
-            logger.exception("logcontext: failed to write the access line")
-        _tracing_finish(self, code)
+        lg = access_logger(self.scheme, self.opts.site_tag)
+        if lg.isEnabledFor(logging.DEBUG if quiet else logging.INFO):
+            try:
+                self._log_access(lg, quiet, handler_finished, end)
+            except Exception:
+                logger.exception("logcontext: failed to write the access line")
+        if self.ctx.span is not None:
+            _tracing_finish(self, code)
         m = _bgmetrics.active
         if m is not None:
             try:
@@ -362,6 +345,42 @@ class RequestState:
                 )
             except Exception:
                 logger.exception("logcontext: failed to record request metrics")
+
+    def _log_access(self, lg: logging.Logger, quiet: bool, handler_finished: float, end: float) -> None:
+        usage = self.ctx.get_resource_usage()
+        req = self.request
+        rec = AccessRecord(
+            ip=req.ip_address,
+            site_tag=req.site_tag,
+            method=self.method,
+            uri=req.url,
+            protocol=req.protocol,
+            user_agent=req.user_agent,
+            requester=req.requester,
+            authenticated_entity=req.authenticated_entity,
+            processing_time=handler_finished - self.received,
+            send_time=end - handler_finished,
+            ru_utime=usage.ru_utime,
+            ru_stime=usage.ru_stime,
+            db_sched_duration_sec=usage.db_sched_duration_sec,
+            db_txn_duration_sec=usage.db_txn_duration_sec,
+            db_txn_count=usage.db_txn_count,
+            evt_db_fetch_count=usage.evt_db_fetch_count,
+            bytes_sent=self.bytes_sent,
+            status=self.status,
+            completed=self.completed and not self.cancelled,
+            cancelled=self.cancelled,
+            request_id=self.ctx.name,
+            servlet=self.servlet_name,
+            received_ts=self.received_ts,
+            end_ts=self.received_ts + (end - self.received),
+        )
+        lg.log(
+            logging.DEBUG if quiet else logging.INFO,
+            "%s",
+            format_access_line(rec, self.opts.access_line_format),
+            extra={"access": rec.as_dict()},
+        )
 
 
 # -- tracing integration ---------------------------------------------------------------------
@@ -377,6 +396,11 @@ def _tracing() -> Any:
         return _api if _api.tracing_enabled() else None
     except Exception:
         return None
+
+
+def tracing_loaded() -> bool:
+    """Cheap pre-check: is ``logcontext.tracing`` imported at all?"""
+    return "logcontext.tracing" in sys.modules
 
 
 def start_server_span(st: RequestState, headers: Mapping[str, str]) -> Any:

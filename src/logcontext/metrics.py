@@ -400,6 +400,7 @@ class Metrics:
     def request_started(self, req: RequestLike) -> None:
         """Track ``req`` as in flight (its usage is reported at every scrape)."""
         with self._lock:
+            req.reported = ContextResourceUsage()
             self._requests.add(req)
 
     def request_finished(self, req: RequestLike, *, code: str, tag: str, duration: float, size: int) -> None:

@@ -1,0 +1,460 @@
+"""Web, logging and metrics costs, side by side in one process (issue 5; spec §11 P11–P13, P16).
+
+Suite "web": requests/s of an aiohttp hello-world with and without ``logcontext_middleware``
+(clock ``cpu``, tracing off). The servers run in background threads of this process, each on
+its own loop (metering installed where stated); the load comes from a keep-alive raw-socket
+client in the main thread over loopback, one request at a time, a bounded number per sample.
+Target W1: time per request with the middleware ≤ 1.05 × without (both on a metered loop).
+The server threads' own CPU per request is printed too (client cost excluded).
+
+Suites "logging" (P11, P12, P13) and "metrics" (P16) are micro-ratios.
+
+    python benchmarks/bench_web.py            # full run (~1-2 min)
+    python benchmarks/bench_web.py --quick    # smoke run
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import Suite, exit_code, parse_args  # noqa: E402
+
+import logcontext  # noqa: E402
+from logcontext import ContextRequest, LoggingContext, Measure, aio  # noqa: E402
+
+pc = time.perf_counter
+ANCHOR_US = {"merge_contextvars": 0.76, "synapse_filter": 0.72}
+
+
+# -- web ---------------------------------------------------------------------------------------
+
+
+class Server:
+    """An aiohttp app served from its own thread/loop on 127.0.0.1; tracks the thread's CPU."""
+
+    def __init__(self, name: str, *, middleware: bool, metered: bool, log: bool = False) -> None:
+        from aiohttp import web
+
+        from logcontext.web import logcontext_middleware
+
+        async def hello(request: web.Request) -> web.Response:
+            return web.Response(text="Hello, world")
+
+        mws = [logcontext_middleware(site_tag=name)] if middleware else []
+        self.app = web.Application(middlewares=mws)
+        self.app.router.add_get("/", hello)
+        if log:
+            lg = logging.getLogger(f"logcontext.access.http.{name}")
+            lg.setLevel(logging.INFO)
+            h = logging.StreamHandler(open("/dev/null", "w"))  # noqa: SIM115 (lives with the process)
+            h.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+            lg.addHandler(h)
+            lg.propagate = False
+        self.metered = metered
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.cpu = 0.0
+        self.requests = 0
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self.thread = threading.Thread(target=self._run, name=f"bench-{name}", daemon=True)
+        self.thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("server did not start")
+
+    def _run(self) -> None:
+        from aiohttp import web
+
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            runner = web.AppRunner(self.app, access_log=None)
+            await runner.setup()
+            await web.SockSite(runner, self.sock).start()
+            self._ready.set()
+            await self._stop.wait()
+            await runner.cleanup()
+
+        factory = aio.loop_factory() if self.metered else asyncio.new_event_loop
+        with asyncio.Runner(loop_factory=factory) as r:
+            r.run(main())
+
+    def thread_cpu(self) -> float:
+        """CPU seconds used so far by the server thread (read inside it)."""
+        assert self._loop is not None
+        fut = asyncio.run_coroutine_threadsafe(_thread_time(), self._loop)
+        return fut.result(10)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self.thread.join(10)
+
+
+async def _thread_time() -> float:
+    return time.thread_time()
+
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: bench\r\n\r\n"
+DEPTH = 16  # pipelined requests per round trip
+
+
+class Client:
+    """A keep-alive HTTP/1.1 client on a raw socket sending ``DEPTH`` pipelined requests at a
+    time, so the server thread works back to back and the client costs little."""
+
+    def __init__(self, port: int) -> None:
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+
+    def get(self, k: int) -> None:
+        s = self.s
+        s.sendall(REQUEST * k)
+        buf = self.buf
+        pos = 0
+        while k:
+            end = buf.find(b"\r\n\r\n", pos)
+            if end >= 0:
+                i = buf.find(b"Content-Length:", pos, end)
+                length = int(buf[i + 15 : buf.find(b"\r\n", i)])
+                total = end + 4 + length
+                if len(buf) >= total:
+                    pos = total
+                    k -= 1
+                    continue
+            chunk = s.recv(262144)
+            if not chunk:
+                raise ConnectionError("server closed the connection")
+            buf = buf[pos:] + chunk
+            pos = 0
+        self.buf = buf[pos:]
+
+
+def make_candidate(server: Server, clock: str = "cpu", step_mode: str = "exact") -> Callable[[int], float]:
+    client = Client(server.port)
+    client.get(DEPTH)  # warm the connection
+
+    def bench(n: int) -> float:
+        if clock != "cpu" or step_mode != "exact":
+            logcontext.configure(clock=clock, step_mode=step_mode)  # type: ignore[arg-type]
+            try:
+                return run(n)
+            finally:
+                logcontext.configure(clock="cpu", step_mode="exact")
+        return run(n)
+
+    def run(n: int) -> float:
+        cpu0 = server.thread_cpu()
+        get = client.get
+        batches, rest = divmod(n, DEPTH)
+        t = pc()
+        for _ in range(batches):
+            get(DEPTH)
+        if rest:
+            get(rest)
+        dt = pc() - t
+        server.cpu += server.thread_cpu() - cpu0
+        server.requests += n
+        return dt
+
+    return bench
+
+
+def web_suite(args: Any) -> bool:
+    logcontext.configure(clock="cpu")
+    suite = Suite("web", args, sample_s=0.01 if args.quick else 0.04)
+    servers = {
+        "plain loop, no middleware": Server("plain", middleware=False, metered=False),
+        "metered loop, no middleware": Server("metered", middleware=False, metered=True),
+        "metered loop + middleware": Server("mw", middleware=True, metered=True),
+        "metered loop + middleware + access log": Server("mwlog", middleware=True, metered=True, log=True),
+    }
+    try:
+        for name, srv in servers.items():
+            suite.add(name, make_candidate(srv))
+        mw = servers["metered loop + middleware"]
+        suite.add("metered loop + middleware [clock off]", make_candidate(mw, "off"))
+        suite.add("metered loop + middleware [cpu, sampled]", make_candidate(mw, "cpu", "sampled"))
+        suite.add(
+            "metered loop, no middleware [cpu, sampled]",
+            make_candidate(servers["metered loop, no middleware"], "cpu", "sampled"),
+        )
+        suite.run(empty=None)
+        if suite.enabled:
+            m = suite.median
+            base = "metered loop, no middleware"
+            suite.ratio(
+                "W1",
+                "metered loop + middleware",
+                base,
+                1.05,
+                "time per request: middleware / none (metered loop), target <= 1.05",
+            )
+            suite.ratio(
+                "W1b",
+                "metered loop + middleware",
+                "plain loop, no middleware",
+                float("inf"),
+                "middleware + metering / plain loop (informational)",
+            )
+            suite.ratio(
+                "W1d",
+                "metered loop + middleware [clock off]",
+                base,
+                float("inf"),
+                "middleware with clock off (no CPU accounting) / none (informational)",
+            )
+            suite.ratio(
+                "W1e",
+                "metered loop + middleware [cpu, sampled]",
+                "metered loop, no middleware [cpu, sampled]",
+                1.05,
+                "time per request: middleware / none, step mode sampled (the spec's goal default)",
+            )
+            suite.ratio(
+                "W1c",
+                "metered loop + middleware + access log",
+                base,
+                float("inf"),
+                "middleware writing the access line / none (informational)",
+            )
+            for name in suite.results:
+                suite.note(f"{name}: {1 / m(name):,.0f} requests/s")
+            cpu = {n: servers[n].cpu / max(servers[n].requests, 1) for n in servers}
+            suite.note(
+                "server-thread CPU per request: " + ", ".join(f"{n} {cpu[n] * 1e6:.1f}us" for n in servers)
+            )
+            suite.check(
+                "W1s",
+                "server CPU per request: middleware / none (metered loop)",
+                cpu["metered loop + middleware"] / cpu[base],
+                float("inf"),
+            )
+        return suite.finish()
+    finally:
+        for srv in servers.values():
+            srv.stop()
+
+
+# -- logging (P11, P12, P13) -------------------------------------------------------------------
+
+_cv: contextvars.ContextVar[int] = contextvars.ContextVar("bench", default=0)
+
+
+def b_empty(n: int) -> float:
+    t = pc()
+    for _ in range(n):
+        pass
+    return pc() - t
+
+
+def b_tcv(n: int) -> float:
+    cv = _cv
+    t = pc()
+    for _ in range(n):
+        cv.reset(cv.set(1))
+    return pc() - t
+
+
+def make_record_bench(
+    factory: Callable[..., logging.LogRecord], request: ContextRequest | None
+) -> Callable[[int], float]:
+    def bench(n: int) -> float:
+        with LoggingContext("GET-1", request=request):
+            t = pc()
+            for _ in range(n):
+                factory("bench", 20, __file__, 1, "msg", (), None)
+            return pc() - t
+
+    return bench
+
+
+def logging_suite(args: Any) -> bool:
+    from logcontext.logging import install_log_record_factory, uninstall_log_record_factory
+    from logcontext.structlog import add_logcontext
+
+    logcontext.configure(clock="off")
+    suite = Suite("logging", args)
+    stdlib_factory = logging.getLogRecordFactory()
+    install_log_record_factory()
+    ours = logging.getLogRecordFactory()
+    uninstall_log_record_factory()
+    req = ContextRequest("GET-1", "10.0.0.1", "client", "GET", "/path", "HTTP/1.1", "ua")
+    suite.add("empty", b_empty)
+    suite.add("tcv (set+reset)", b_tcv)
+    suite.add("stdlib record", make_record_bench(stdlib_factory, None))
+    suite.add("factory record, context", make_record_bench(ours, None))
+    suite.add("factory record, request context", make_record_bench(ours, req))
+
+    def b_add(n: int) -> float:
+        with LoggingContext("bench"):
+            proc = add_logcontext
+            t = pc()
+            for _ in range(n):
+                proc(None, "info", {"event": "x"})
+            return pc() - t
+
+    suite.add("structlog add_logcontext", b_add)
+
+    def b_dict(n: int) -> float:
+        t = pc()
+        for _ in range(n):
+            {"event": "x"}  # noqa: B018
+        return pc() - t
+
+    suite.add("dict literal", b_dict)
+    have_structlog = have_synapse = False
+    try:
+        import structlog.contextvars as scv
+
+        def b_merge(n: int) -> float:
+            scv.bind_contextvars(request="x")
+            merge = scv.merge_contextvars
+            try:
+                t = pc()
+                for _ in range(n):
+                    merge(None, "info", {"event": "x"})
+                return pc() - t
+            finally:
+                scv.clear_contextvars()
+
+        suite.add("structlog merge_contextvars (1 key)", b_merge)
+        have_structlog = True
+    except ImportError:
+        pass
+    try:
+        from synapse.logging.context import LoggingContext as SLC
+        from synapse.logging.context import LoggingContextFilter
+
+        def b_syn(n: int) -> float:
+            f = LoggingContextFilter().filter
+            rec = logging.LogRecord("bench", 20, __file__, 1, "msg", (), None)
+            with SLC(name="x", server_name="hs"):
+                t = pc()
+                for _ in range(n):
+                    f(rec)
+                return pc() - t
+
+        suite.add("synapse LoggingContextFilter", b_syn)
+        have_synapse = True
+    except Exception:
+        pass
+    suite.run()
+    if suite.enabled:
+        m = suite.median
+        tcv = m("tcv (set+reset)")
+        d11 = m("factory record, context") - m("stdlib record")
+        d12 = m("factory record, request context") - m("stdlib record")
+        suite.check("P11", "Δ factory (no request) vs stdlib / tcv", d11 / tcv, 4.0)
+        if have_synapse:
+            suite.check("P11", "Δ factory / Synapse filter", d11 / m("synapse LoggingContextFilter"), 1.0)
+        else:
+            suite.check(
+                "P11",
+                "Δ factory / Synapse filter anchor",
+                d11 / (ANCHOR_US["synapse_filter"] * 1e-6),
+                1.0,
+                anchor=True,
+            )
+        suite.check("P12", "Δ factory (request) vs stdlib / tcv", d12 / tcv, 8.0)
+        add = m("structlog add_logcontext") - m("dict literal")
+        if have_structlog:
+            merge = m("structlog merge_contextvars (1 key)") - m("dict literal")
+            suite.check(
+                "P13", "add_logcontext / merge_contextvars (1 key), net of the dict", add / merge, 0.5
+            )
+        else:
+            suite.check(
+                "P13",
+                "add_logcontext / merge anchor",
+                add / (ANCHOR_US["merge_contextvars"] * 1e-6),
+                0.5,
+                anchor=True,
+            )
+    logcontext.configure(clock="cpu")
+    return suite.finish()
+
+
+# -- metrics (P16) -----------------------------------------------------------------------------
+
+
+def metrics_suite(args: Any) -> bool:
+    from prometheus_client import CollectorRegistry, Counter
+
+    from logcontext.metrics import install_metrics, uninstall_metrics
+
+    logcontext.configure(clock="cpu")
+    suite = Suite("metrics", args)
+    reg = CollectorRegistry()
+    child = Counter("bench_c", "c", ["a"], registry=reg).labels("x")
+
+    def b_inc(n: int) -> float:
+        inc = child.inc
+        t = pc()
+        for _ in range(n):
+            inc()
+        return pc() - t
+
+    def b_with(n: int) -> float:
+        LC = LoggingContext
+        t = pc()
+        for _ in range(n):
+            with LC("x"):
+                pass
+        return pc() - t
+
+    def b_measure(n: int) -> float:
+        with LoggingContext("parent"):
+            M = Measure
+            t = pc()
+            for _ in range(n):
+                with M("b"):
+                    pass
+            return pc() - t
+
+    suite.add("empty", b_empty)
+    suite.add("cached Counter.inc()", b_inc)
+    suite.add("with LoggingContext [cpu] (P4)", b_with)
+    suite.add("with Measure('b') [cpu], metrics installed", b_measure)
+    install_metrics(registry=CollectorRegistry())
+    try:
+        suite.run()
+    finally:
+        uninstall_metrics()
+    if suite.enabled:
+        m = suite.median
+        bound = m("with LoggingContext [cpu] (P4)") + 10 * m("cached Counter.inc()")
+        suite.check(
+            "P16",
+            "Measure / (P4 + 10 × cached inc)",
+            m("with Measure('b') [cpu], metrics installed") / bound,
+            1.0,
+        )
+    return suite.finish()
+
+
+def main() -> int:
+    args = parse_args(__doc__.splitlines()[0])
+    ok = web_suite(args)
+    ok = logging_suite(args) and ok
+    ok = metrics_suite(args) and ok
+    return exit_code(ok, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
