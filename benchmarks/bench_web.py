@@ -28,10 +28,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import Suite, exit_code, parse_args  # noqa: E402
+from _harness import Suite, exit_code, parse_args
 
-import logcontext  # noqa: E402
-from logcontext import ContextRequest, LoggingContext, Measure, aio  # noqa: E402
+import logcontext
+from logcontext import ContextRequest, LoggingContext, Measure, aio
 
 pc = time.perf_counter
 ANCHOR_US = {"merge_contextvars": 0.76, "synapse_filter": 0.72}
