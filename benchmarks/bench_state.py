@@ -13,6 +13,7 @@ Prints, in one run:
 Medians of ``--runs`` runs (default 7). ``--quick`` skips the 100k graphs.
 """
 
+# ruff: noqa: B023  (closures are timed inside the loop that defines them)
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,6 @@ from homeserver.state import (  # noqa: E402
     AuthFailure,
     InMemoryEventSource,
     ResolutionStages,
-    ResolveOptions,
     auth_types,
     check_auth,
     pdu_from_dict,
@@ -75,8 +75,10 @@ def bench_vectors(runs: int) -> None:
             stages = ResolutionStages()
             resolve_state(c["room_version"], inputs, src, room_id=c["room_id"], stages=stages)
             ms = median_ms(lambda: resolve_state(c["room_version"], inputs, src, room_id=c["room_id"]), runs)
-            print(f"  {c['name']:<40} events={len(c['events']):4d} full_set={len(stages.full_conflicted_set):4d}"
-                  f"  {ms:7.2f} ms")
+            print(
+                f"  {c['name']:<40} events={len(c['events']):4d} full_set={len(stages.full_conflicted_set):4d}"
+                f"  {ms:7.2f} ms"
+            )
 
 
 # -- 2. synthetic rooms -------------------------------------------------------------------------
@@ -96,8 +98,13 @@ class RoomGen:
         self.nusers = 0
         self.v12 = self.rules.creators_unbounded
         self.room_id = "!bench:example.com"
-        create = self._make("m.room.create", "@alice:example.com", "",
-                            {"room_version": version, "creator": "@alice:example.com"}, force=True)
+        create = self._make(
+            "m.room.create",
+            "@alice:example.com",
+            "",
+            {"room_version": version, "creator": "@alice:example.com"},
+            force=True,
+        )
         assert create
         if self.v12:
             # v12: the room ID derives from the create event's ID.
@@ -105,12 +112,23 @@ class RoomGen:
             for d in self.dicts:
                 d.pop("room_id", None)
             self.events[create] = pdu_from_dict(self.dicts[0], self.rules)
-        self._make("m.room.member", "@alice:example.com", "@alice:example.com", {"membership": "join"},
-                   prev=[create])
+        self._make(
+            "m.room.member", "@alice:example.com", "@alice:example.com", {"membership": "join"}, prev=[create]
+        )
         users = {} if self.v12 else {"@alice:example.com": 100}
-        self._make("m.room.power_levels", "@alice:example.com", "", {
-            "users": users, "state_default": 50, "kick": 50, "ban": 50, "invite": 0,
-            "events": {"m.room.topic": 0, "m.room.name": 0}})
+        self._make(
+            "m.room.power_levels",
+            "@alice:example.com",
+            "",
+            {
+                "users": users,
+                "state_default": 50,
+                "kick": 50,
+                "ban": 50,
+                "invite": 0,
+                "events": {"m.room.topic": 0, "m.room.name": 0},
+            },
+        )
         self._make("m.room.join_rules", "@alice:example.com", "", {"join_rule": "public"})
 
     def fork(self, seed: int) -> RoomGen:
@@ -122,14 +140,30 @@ class RoomGen:
         g.rng = random.Random(seed)
         return g
 
-    def _make(self, etype: str, sender: str, sk: str, content: dict[str, Any], *,
-              prev: list[str] | None = None, force: bool = False) -> str | None:
+    def _make(
+        self,
+        etype: str,
+        sender: str,
+        sk: str,
+        content: dict[str, Any],
+        *,
+        prev: list[str] | None = None,
+        force: bool = False,
+    ) -> str | None:
         self.n += 1
         self.ts += 1
         eid = f"${self.n:06d}-{self.rng.getrandbits(32):08x}"
-        d: dict[str, Any] = {"event_id": eid, "room_id": self.room_id, "type": etype, "state_key": sk,
-                             "sender": sender, "content": content, "origin_server_ts": self.ts,
-                             "auth_events": [], "prev_events": prev or []}
+        d: dict[str, Any] = {
+            "event_id": eid,
+            "room_id": self.room_id,
+            "type": etype,
+            "state_key": sk,
+            "sender": sender,
+            "content": content,
+            "origin_server_ts": self.ts,
+            "auth_events": [],
+            "prev_events": prev or [],
+        }
         pdu = pdu_from_dict(d, self.rules)
         auth_ids = []
         auth_map = {}
@@ -155,8 +189,11 @@ class RoomGen:
         return eid
 
     def _joined(self) -> list[str]:
-        return [k for (t, k), e in self.state.items()
-                if t == "m.room.member" and self.events[e].content.get("membership") == "join"]
+        return [
+            k
+            for (t, k), e in self.state.items()
+            if t == "m.room.member" and self.events[e].content.get("membership") == "join"
+        ]
 
     def _pl(self) -> dict[str, Any]:
         return json.loads(json.dumps(self.events[self.state[("m.room.power_levels", "")]].content))
@@ -192,8 +229,12 @@ class RoomGen:
             self._make("m.room.member", pick(self._mods(joined)), pick(joined), {"membership": "ban"})
         else:
             jr = self.events[self.state[("m.room.join_rules", "")]].content["join_rule"]
-            self._make("m.room.join_rules", "@alice:example.com", "",
-                       {"join_rule": "invite" if jr == "public" else "public"})
+            self._make(
+                "m.room.join_rules",
+                "@alice:example.com",
+                "",
+                {"join_rule": "invite" if jr == "public" else "public"},
+            )
 
     def grow(self, steps: int) -> RoomGen:
         for _ in range(steps):
@@ -215,22 +256,31 @@ def bench_synthetic(runs: int) -> None:
     print()
     print("== Resolution time, synthetic ~1,000-event rooms (spec §8.1 generator) ==")
     shapes = [("tiny", 0, 3), ("small-fork", 950, 25), ("big-fork", 400, 300), ("all-fork", 0, 500)]
-    anchors = {"tiny": "0.5-0.6", "small-fork": "39-41 (v12 ~99)", "big-fork": "112-131", "all-fork": "112-131"}
+    anchors = {
+        "tiny": "0.5-0.6",
+        "small-fork": "39-41 (v12 ~99)",
+        "big-fork": "112-131",
+        "all-fork": "112-131",
+    }
     for version in ("10", "12"):
         for name, common, fork in shapes:
             src, inputs, room_id = synthetic_room(version, common, fork, seed=7)
             stages = ResolutionStages()
             resolve_state(version, inputs, src, room_id=room_id, stages=stages)
             ms = median_ms(lambda: resolve_state(version, inputs, src, room_id=room_id), runs)
-            print(f"  v{version:<3} {name:<11} events={len(src.events):5d} conflicted={len(stages.conflicted):4d}"
-                  f" full_set={len(stages.full_conflicted_set):4d}  {ms:8.2f} ms"
-                  f"   (reference: {anchors[name]} ms)")
+            print(
+                f"  v{version:<3} {name:<11} events={len(src.events):5d} conflicted={len(stages.conflicted):4d}"
+                f" full_set={len(stages.full_conflicted_set):4d}  {ms:8.2f} ms"
+                f"   (reference: {anchors[name]} ms)"
+            )
 
 
 # -- 3. auth difference on large graphs ---------------------------------------------------------
 
 
-def room_graph(n: int, seed: int, *, stale: bool) -> tuple[CompleteNodes, list[set[str]], list[tuple[str, str, list[str]]]]:
+def room_graph(
+    n: int, seed: int, *, stale: bool
+) -> tuple[CompleteNodes, list[set[str]], list[tuple[str, str, list[str]]]]:
     """A room-shaped auth DAG of ``n`` state events with two forks of 50 on top.
 
     Joins cite create/PL/join rules/own previous membership; PL changes (by one of five
@@ -343,18 +393,25 @@ def bench_auth_difference(runs: int, sizes: list[int]) -> None:
             idx_ms = median_ms(lambda: idx.difference(inputs), runs)
 
             def oracle_walk() -> set[str]:
-                return AuthDifferenceWalk(seeds, 2, common, nodes, mode="oracle",
-                                          is_common=idx.closure_oracle(common)).run()
+                return AuthDifferenceWalk(
+                    seeds, 2, common, nodes, mode="oracle", is_common=idx.closure_oracle(common)
+                ).run()
 
             assert oracle_walk() == want
             oracle_ms = median_ms(oracle_walk, runs)
             print(f"  {n // 1000:>4}k {shape:<30} |diff|={len(want):4d} state={len(inputs[0]):6d}")
             print(f"        full-chain set difference   {full_ms:9.2f} ms   1.000x")
-            print(f"        walk (lazy common state)    {walk_ms:9.2f} ms   {walk_ms / full_ms:.4f}x"
-                  f"   pops={pops.pops} common_expanded={pops.common_expanded}")
-            print(f"        walk + U rank prep O(|U|)   {walk_ms + prep_ms:9.2f} ms   {(walk_ms + prep_ms) / full_ms:.4f}x")
-            print(f"        index: difference query     {idx_ms:9.2f} ms   {idx_ms / full_ms:.4f}x"
-                  f"   chains={len(idx.chains)} links={idx.link_count}")
+            print(
+                f"        walk (lazy common state)    {walk_ms:9.2f} ms   {walk_ms / full_ms:.4f}x"
+                f"   pops={pops.pops} common_expanded={pops.common_expanded}"
+            )
+            print(
+                f"        walk + U rank prep O(|U|)   {walk_ms + prep_ms:9.2f} ms   {(walk_ms + prep_ms) / full_ms:.4f}x"
+            )
+            print(
+                f"        index: difference query     {idx_ms:9.2f} ms   {idx_ms / full_ms:.4f}x"
+                f"   chains={len(idx.chains)} links={idx.link_count}"
+            )
             print(f"        index: walk + oracle        {oracle_ms:9.2f} ms   {oracle_ms / full_ms:.4f}x")
             print(f"        index maintenance p99       {p99:9.3f} ms per event")
 

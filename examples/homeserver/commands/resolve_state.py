@@ -39,11 +39,7 @@ def _state_sets(raw: object) -> list[dict[tuple[str, str], str]]:
             raise InvalidEventError(f"state set {i} is not a list", category="invalid_input")
         m: dict[tuple[str, str], str] = {}
         for entry in s:
-            if (
-                not isinstance(entry, list)
-                or len(entry) != 3
-                or not all(isinstance(x, str) for x in entry)
-            ):
+            if not isinstance(entry, list) or len(entry) != 3 or not all(isinstance(x, str) for x in entry):
                 raise InvalidEventError(
                     f"state set {i}: entry {entry!r} is not [type, state_key, event_id]",
                     category="invalid_input",
@@ -84,9 +80,7 @@ def resolve_case(case: Mapping[str, Any], *, index: str = "auto", reverse: bool 
         source = InMemoryEventSource.from_dicts(rules, events, rejected)
         if index == "chain":
             source.build_index()
-        result = resolve_state(
-            rules, inputs, source, room_id=room_id, options=ResolveOptions(index=index)
-        )
+        result = resolve_state(rules, inputs, source, room_id=room_id, options=ResolveOptions(index=index))
     except StateResolutionError as e:
         return {"name": name, "error": f"{e.category}: {e.message}"}
     return {"name": name, "resolved": [[t, k, v] for (t, k), v in sorted(result.items())]}

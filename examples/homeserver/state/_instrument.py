@@ -95,9 +95,7 @@ def resolution_scope(
         "largest_input": largest,
         "cache": "off",
     }
-    with nested_logging_context("state_res"), start_span(
-        "state_res.resolve", attributes=attributes
-    ) as span:
+    with nested_logging_context("state_res"), start_span("state_res.resolve", attributes=attributes) as span:
         try:
             yield phases
         except StateResolutionError as e:
@@ -108,6 +106,9 @@ def resolution_scope(
             if elapsed >= SLOW_SECONDS or phases.full_set >= LARGE_FULL_SET:
                 logger.info(
                     "state res %s (v%s): %.1f ms, full set %d; phases %s",
-                    room_id, rules.version, elapsed * 1000, phases.full_set,
+                    room_id,
+                    rules.version,
+                    elapsed * 1000,
+                    phases.full_set,
                     " ".join(f"{k}={v * 1000:.1f}ms" for k, v in phases.times.items()),
                 )

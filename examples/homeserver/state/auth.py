@@ -117,9 +117,7 @@ def check_auth(event: PDU, auth_map: AuthMap, rules: RoomRules) -> None:
         raise AuthFailure("R1", "no create event in the auth events")
     sender = event.sender
     eid = event.event_id
-    if domain_of(sender, eid) != domain_of(create.sender, create.event_id) and not _federates(
-        create
-    ):
+    if domain_of(sender, eid) != domain_of(create.sender, create.event_id) and not _federates(create):
         raise AuthFailure("R2", "the room is not federatable")
     if etype == ALIASES and rules.aliases_special_case:
         sk = event.state_key
@@ -163,17 +161,10 @@ def _check_membership(event: PDU, auth_map: AuthMap, rules: RoomRules, create: P
     eid = event.event_id
     prev = event.prev_event_ids
     # M1: the creator's first join.
-    if (
-        m == "join"
-        and len(prev) == 1
-        and prev[0] == create.event_id
-        and create.creator(rules) == target
-    ):
+    if m == "join" and len(prev) == 1 and prev[0] == create.event_id and create.creator(rules) == target:
         return
     # M2
-    if domain_of(target, eid) != domain_of(create.sender, create.event_id) and not _federates(
-        create
-    ):
+    if domain_of(target, eid) != domain_of(create.sender, create.event_id) and not _federates(create):
         raise AuthFailure("M2", "the room is not federatable")
     caller = auth_map.get((MEMBER, sender))
     caller_m = caller.membership() if caller is not None else None
@@ -247,9 +238,7 @@ def _check_membership(event: PDU, auth_map: AuthMap, rules: RoomRules, create: P
         if sender_level < ban_level or sender_level <= target_level:
             raise AuthFailure("M8", "sender may not ban the target")
     elif rules.knocking and m == "knock":
-        if join_rule != "knock" and not (
-            rules.knock_restricted_join and join_rule == "knock_restricted"
-        ):
+        if join_rule != "knock" and not (rules.knock_restricted_join and join_rule == "knock_restricted"):
             raise AuthFailure("M9", "the join rule does not allow knocking")
         if target != sender:
             raise AuthFailure("M9", "cannot knock for another user")
@@ -388,8 +377,9 @@ def _check_power_levels(event: PDU, auth_map: AuthMap, rules: RoomRules, create:
     old_content = old.content
     level = user_level(event.sender, auth_map, rules)
 
-    def check(section: str | None, key: str, old_raw: object, new_raw: object, has_old: bool,
-              has_new: bool) -> None:
+    def check(
+        section: str | None, key: str, old_raw: object, new_raw: object, has_old: bool, has_new: bool
+    ) -> None:
         what = key if section is None else f"{section}[{key!r}]"
         old_lv = to_level(old_raw, what, old.event_id) if has_old else None
         new_lv = to_level(new_raw, what, event.event_id) if has_new else None
@@ -401,8 +391,7 @@ def _check_power_levels(event: PDU, auth_map: AuthMap, rules: RoomRules, create:
             raise AuthFailure("P3", f"may not change {what} above the sender's level")
 
     for name in _TOP_LEVELS:
-        check(None, name, old_content.get(name), content.get(name), name in old_content,
-              name in content)
+        check(None, name, old_content.get(name), content.get(name), name in old_content, name in content)
     sections = ["users", "events"]
     if rules.notifications_levels:
         sections.append("notifications")

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from typing import Optional
 
 __all__ = [
     "AuthDifferenceWalk",
     "CompleteNodes",
-    "Node",
     "NeedNodes",
+    "Node",
     "auth_difference",
     "conflicted_subgraph",
     "full_auth_difference",
@@ -23,7 +22,7 @@ __all__ = [
     "reach_closure",
 ]
 
-Node = Optional[tuple[int, tuple[str, ...]]]
+Node = tuple[int, tuple[str, ...]] | None
 NodeMap = Mapping[str, Node]
 
 
@@ -181,9 +180,7 @@ class AuthDifferenceWalk:
             if missing:
                 raise NeedNodes(missing)
             auth = () if n is None else n[1]
-            pnodes = [
-                None if a in mask or a in common else _node(nodes, a, missing) for a in auth
-            ]
+            pnodes = [None if a in mask or a in common else _node(nodes, a, missing) for a in auth]
             if missing:
                 raise NeedNodes(missing)
             # -- no failure past this point: pop and propagate --

@@ -51,7 +51,9 @@ class ChainCoverIndex:
     def link_count(self) -> int:
         return sum(len(s.origins) for d in self.links for s in d.values())
 
-    def add(self, event_id: str, etype: str, state_key: str | None, auth_ids: Iterable[str]) -> tuple[int, int]:
+    def add(
+        self, event_id: str, etype: str, state_key: str | None, auth_ids: Iterable[str]
+    ) -> tuple[int, int]:
         """Index a new event whose indexed auth events are already in (topological order)."""
         if event_id in self.position:
             return self.position[event_id]
@@ -91,12 +93,12 @@ class ChainCoverIndex:
         reach.pop(chain, None)
         own = links[chain]
         for c2, t in reach.items():
-            stair = own.get(c2)
-            if stair is None:
-                stair = own[c2] = _Stair()
-            if t > stair.max_at(seq):
-                stair.origins.append(seq)
-                stair.targets.append(t)
+            st = own.get(c2)
+            if st is None:
+                st = own[c2] = _Stair()
+            if t > st.max_at(seq):
+                st.origins.append(seq)
+                st.targets.append(t)
                 into = self.into[c2]
                 if into and into[-1][0] > t:
                     self._into_sorted[c2] = False

@@ -49,9 +49,7 @@ def to_level(value: object, what: str, event_id: str | None) -> int:
             return int(value)
         except (ValueError, OverflowError):
             pass
-    raise InvalidEventError(
-        f"power level {what} is not a number: {value!r}", event_id, category=_PL_CATEGORY
-    )
+    raise InvalidEventError(f"power level {what} is not a number: {value!r}", event_id, category=_PL_CATEGORY)
 
 
 def domain_of(user_id: object, event_id: str | None = None) -> str:
@@ -258,9 +256,7 @@ def _ids(raw: object, explicit: bool, what: str, event_id: str) -> tuple[str, ..
     return tuple(out)
 
 
-def pdu_from_dict(
-    d: Mapping[str, Any], rules: RoomRules, *, rejected_reason: str | None = None
-) -> PDU:
+def pdu_from_dict(d: Mapping[str, Any], rules: RoomRules, *, rejected_reason: str | None = None) -> PDU:
     """Build a `PDU` from a JSON event (the vectors' shape: ``event_id`` key on every event).
 
     v12: the create event is appended to every non-create event's auth list (spec §1.1).
@@ -339,10 +335,21 @@ def compute_ranks(events: Mapping[str, PDU], order: Iterable[str] | None = None)
                 stack.pop()
 
 
-
 _KEPT_TOP = frozenset(
-    {"event_id", "type", "room_id", "sender", "state_key", "content", "hashes", "signatures",
-     "depth", "prev_events", "auth_events", "origin_server_ts"}
+    {
+        "event_id",
+        "type",
+        "room_id",
+        "sender",
+        "state_key",
+        "content",
+        "hashes",
+        "signatures",
+        "depth",
+        "prev_events",
+        "auth_events",
+        "origin_server_ts",
+    }
 )
 _KEPT_TOP_OLD = _KEPT_TOP | {"origin", "membership", "prev_state"}
 
@@ -365,15 +372,20 @@ def redact_event_dict(rules: RoomRules, event: Mapping[str, Any]) -> dict[str, A
             if "signed" in tpi:
                 new["third_party_invite"] = {"signed": tpi["signed"]}
     elif etype == CREATE:
-        if rules.redaction_v11:
-            keys = set(content)
-        else:
-            keys = {"creator"}
+        keys = set(content) if rules.redaction_v11 else {"creator"}
     elif etype == JOIN_RULES:
         keys = {"join_rule", "allow"} if rules.redaction_keeps_allow else {"join_rule"}
     elif etype == POWER_LEVELS:
-        keys = {"ban", "events", "events_default", "kick", "redact", "state_default", "users",
-                "users_default"}
+        keys = {
+            "ban",
+            "events",
+            "events_default",
+            "kick",
+            "redact",
+            "state_default",
+            "users",
+            "users_default",
+        }
         if rules.redaction_v11:
             keys.add("invite")
     elif etype == ALIASES and rules.redaction_keeps_aliases:

@@ -12,7 +12,7 @@ import heapq
 from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, closing
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from ._instrument import resolution_scope
 from .auth import AuthFailure, auth_types, check_auth
@@ -41,14 +41,15 @@ from .versions import MAX_POWER_LEVEL, RoomRules, rules_for
 __all__ = [
     "EventSource",
     "InMemoryEventSource",
-    "ResolveOptions",
     "ResolutionStages",
+    "ResolveOptions",
     "resolve_state",
     "resolve_state_async",
     "split_state",
 ]
 
 Request = tuple[str, Sequence[str]]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,9 +98,7 @@ class _NeedEvents(Exception):
 class _Ctx:
     __slots__ = ("complete", "events", "nodes", "room_id")
 
-    def __init__(
-        self, room_id: str, events: dict[str, PDU | None], nodes: dict[str, Node], complete: bool
-    ):
+    def __init__(self, room_id: str, events: dict[str, PDU | None], nodes: dict[str, Node], complete: bool):
         self.room_id = room_id
         self.events = events
         self.nodes = nodes
@@ -131,9 +130,7 @@ class _Phases(Protocol):
     def phase(self, name: str) -> AbstractContextManager[dict[str, Any]]: ...
 
 
-def _retry(
-    ctx: _Ctx, make: Callable[[], Generator[Request, None, Any]]
-) -> Generator[Request, None, Any]:
+def _retry(ctx: _Ctx, make: Callable[[], Generator[Request, None, T]]) -> Generator[Request, None, T]:
     while True:
         try:
             return (yield from make())
@@ -164,9 +161,6 @@ def split_state(
         for k, v in s.items() - inter:
             conflicted.setdefault(k, set()).add(v)
             masks[v] = masks.get(v, 0) | bit
-    for k in unconflicted:
-        # A key missing from some input is conflicted even if the others agree.
-        pass
     common = set(unconflicted.values())
     full = (1 << n) - 1
     for v, m in list(masks.items()):
@@ -207,7 +201,7 @@ def _check_inputs(state_sets: Sequence[object]) -> list[dict[StateKey, str]]:
 
 def _is_power_event(ev: PDU) -> bool:
     k = ev.key()
-    if k == PL_KEY or k == JR_KEY or k == CREATE_KEY:
+    if k in (PL_KEY, JR_KEY, CREATE_KEY):
         return True
     if ev.type == MEMBER and ev.membership() in ("leave", "ban"):
         return ev.sender != ev.state_key
@@ -401,8 +395,8 @@ def _mainline_order(
             cur = _first_pl(ctx, cur)
             if len(path) > len(ctx.events) + 1:
                 raise InvalidEventError(f"power-levels cycle below {eid}", eid)
-        for p in path:
-            memo[p] = depth
+        for pid in path:
+            memo[pid] = depth
         order[eid] = (depth, ev.origin_server_ts, eid)
     attrs.update(mainline_length=n, positions_computed=len(memo), memo_hits=hits)
     return sorted(rest, key=order.__getitem__)
@@ -451,8 +445,11 @@ def _resolve(
         attrs.update(
             method="chain" if use_index else "walk",
             size=len(diff),
-            **{"walk.pops": walk.pops, "walk.common_expanded": walk.common_expanded,
-               "walk.max_heap": walk.max_heap},
+            **{
+                "walk.pops": walk.pops,
+                "walk.common_expanded": walk.common_expanded,
+                "walk.max_heap": walk.max_heap,
+            },
         )
     sub: set[str] = set()
     if rules.state_res_v21:
@@ -476,8 +473,12 @@ def _resolve(
                 full.add(eid)
                 if ev.rejected_reason is not None:
                     rejected += 1
-        attrs.update(requested=len(candidates), loaded=len(full),
-                     dropped_unknown=len(candidates) - len(full), rejected=rejected)
+        attrs.update(
+            requested=len(candidates),
+            loaded=len(full),
+            dropped_unknown=len(candidates) - len(full),
+            rejected=rejected,
+        )
     if stages is not None:
         stages.conflicted = conflicted_ids
         stages.auth_difference = diff
@@ -557,9 +558,7 @@ def _resolve(
     if rest:
         with phases.phase("mainline") as attrs:
             yield from ctx.ensure(a for eid in rest for a in events[eid].auth_event_ids)  # type: ignore[union-attr]
-            ordered: list[str] = yield from _retry(
-                ctx, lambda: _mainline_order(ctx, rest, p0, opts, attrs)
-            )
+            ordered: list[str] = yield from _retry(ctx, lambda: _mainline_order(ctx, rest, p0, opts, attrs))
         with phases.phase("iac_rest") as attrs:
             yield from _prefetch_iac(ctx, rules, ordered, state)
             stats = _IacStats()
@@ -594,7 +593,9 @@ class InMemoryEventSource:
         for ev in events:
             self.events[ev.event_id] = ev
         compute_ranks(self.events)
-        self.nodes = CompleteNodes({e.event_id: (e.auth_rank, e.auth_event_ids) for e in self.events.values()})
+        self.nodes = CompleteNodes(
+            {e.event_id: (e.auth_rank, e.auth_event_ids) for e in self.events.values()}
+        )
         self._index = index
 
     @classmethod
@@ -713,10 +714,13 @@ def resolve_state(
         else:
             source = InMemoryEventSource.from_dicts(rules, items)  # type: ignore[arg-type]
     if room_id is None:
-        room_id = next(
-            (e.room_id for e in source.events.values() if e.type == CREATE and e.state_key == ""),
-            "",
-        ) or ""
+        room_id = (
+            next(
+                (e.room_id for e in source.events.values() if e.type == CREATE and e.state_key == ""),
+                "",
+            )
+            or ""
+        )
     opts = options or ResolveOptions()
     ctx = _Ctx(room_id, source.events, source.nodes, complete=True)  # type: ignore[arg-type]
     largest = max((len(s) for s in inputs), default=0)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from .errors import UnsupportedRoomVersion
 
-__all__ = ["MAX_POWER_LEVEL", "KNOWN_VERSIONS", "RoomRules", "rules_for"]
+__all__ = ["KNOWN_VERSIONS", "MAX_POWER_LEVEL", "RoomRules", "rules_for"]
 
 #: The level of a v12 room creator: above every legal level (Synapse uses the same value).
 MAX_POWER_LEVEL = 2**53

@@ -58,9 +58,7 @@ def _ranks_txn(txn: Any, ids: Sequence[str]) -> dict[str, int]:
     return out
 
 
-def persist_events_txn(
-    txn: Any, rows: Sequence[tuple[PDU, str, int, bool]]
-) -> dict[str, int]:
+def persist_events_txn(txn: Any, rows: Sequence[tuple[PDU, str, int, bool]]) -> dict[str, int]:
     """Store ``(pdu, json, depth, outlier)`` rows; return each new event's auth rank.
 
     Rank = 1 + the highest rank among its auth events (stored, or earlier in the batch);
@@ -104,8 +102,19 @@ def persist_events_txn(
             "INSERT INTO events (event_id, room_id, type, state_key, sender, origin_server_ts,"
             " depth, auth_rank, outlier, rejected_reason, json)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (eid, pdu.room_id, pdu.type, pdu.state_key, pdu.sender, pdu.origin_server_ts, depth,
-             rank, outlier, pdu.rejected_reason, raw),
+            (
+                eid,
+                pdu.room_id,
+                pdu.type,
+                pdu.state_key,
+                pdu.sender,
+                pdu.origin_server_ts,
+                depth,
+                rank,
+                outlier,
+                pdu.rejected_reason,
+                raw,
+            ),
         )
         txn.executemany(
             "INSERT INTO event_auth (event_id, idx, auth_id) VALUES (?, ?, ?)",
@@ -161,9 +170,7 @@ def store_state_group_txn(txn: Any, room_id: str, state: Mapping[StateKey, str])
 
 
 def get_state_group_txn(txn: Any, group: int) -> dict[StateKey, str]:
-    txn.execute(
-        "SELECT type, state_key, event_id FROM state_groups_state WHERE state_group = ?", (group,)
-    )
+    txn.execute("SELECT type, state_key, event_id FROM state_groups_state WHERE state_group = ?", (group,))
     return {(t, k): e for t, k, e in txn.fetchall()}
 
 
@@ -342,9 +349,13 @@ class EventStore:
         )
 
     async def store_state_group(self, room_id: str, state: Mapping[StateKey, str]) -> int:
-        group: int = await self.pool.run_interaction("store_state_group", store_state_group_txn, room_id, state)
+        group: int = await self.pool.run_interaction(
+            "store_state_group", store_state_group_txn, room_id, state
+        )
         return group
 
     async def get_state_group(self, group: int) -> dict[StateKey, str]:
-        result: dict[StateKey, str] = await self.pool.run_interaction("get_state_group", get_state_group_txn, group)
+        result: dict[StateKey, str] = await self.pool.run_interaction(
+            "get_state_group", get_state_group_txn, group
+        )
         return result

@@ -51,7 +51,11 @@ class RoomStore:
     ) -> bool:
         return bool(
             await self.pool.run_interaction(
-                "store_room", store_room_txn, room_id, room_version, creator=creator,
+                "store_room",
+                store_room_txn,
+                room_id,
+                room_version,
+                creator=creator,
                 overwrite=overwrite,
             )
         )

@@ -7,13 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from homeserver.federation.invites import InviteError, InviteHandler
 from homeserver.state import UnsupportedRoomVersion
 from homeserver.storage.events import EventStore
 from homeserver.storage.rooms import RoomStore
+
 from logcontext import LoggingContext
 from logcontext.db import DatabasePool
+
 
 def apply_schema(txn: Any) -> None:
     """The schema loader ``storage/schema.py`` (loaded by path: the ``schema/`` package shadows it)."""
@@ -37,10 +38,18 @@ ROOM = "!remote:other.example"
 
 def _member(eid: str, sender: str, target: str, membership: str, **content: object) -> dict[str, object]:
     return {
-        "event_id": eid, "room_id": ROOM, "type": "m.room.member", "state_key": target,
-        "sender": sender, "content": {"membership": membership, **content},
-        "origin_server_ts": 10, "depth": 5, "auth_events": ["$create", "$pl", "$alice"],
-        "prev_events": ["$prev"], "hashes": {}, "signatures": {},
+        "event_id": eid,
+        "room_id": ROOM,
+        "type": "m.room.member",
+        "state_key": target,
+        "sender": sender,
+        "content": {"membership": membership, **content},
+        "origin_server_ts": 10,
+        "depth": 5,
+        "auth_events": ["$create", "$pl", "$alice"],
+        "prev_events": ["$prev"],
+        "hashes": {},
+        "signatures": {},
     }
 
 
@@ -70,15 +79,23 @@ async def test_invite_stores_room_version_once(handler: InviteHandler) -> None:
 async def test_invite_read_reject_redact(handler: InviteHandler) -> None:
     """The stored invite is read, rejected and redacted with the stored version's rules."""
     with LoggingContext("t"):
-        inv = _member("$inv", "@alice:other.example", "@bob:here", "invite",
-                      join_authorised_via_users_server="@alice:other.example", displayname="Bob")
+        inv = _member(
+            "$inv",
+            "@alice:other.example",
+            "@bob:here",
+            "invite",
+            join_authorised_via_users_server="@alice:other.example",
+            displayname="Bob",
+        )
         await handler.on_invite("9", inv)
         got = await handler.get_invite(ROOM, "@bob:here")
         assert got is not None and got.event_id == "$inv"
         pruned = await handler.redact_event("$inv", "$redaction")
         # v9 keeps the authorising user on redaction; the display name goes.
-        assert pruned["content"] == {"membership": "invite",
-                                     "join_authorised_via_users_server": "@alice:other.example"}
+        assert pruned["content"] == {
+            "membership": "invite",
+            "join_authorised_via_users_server": "@alice:other.example",
+        }
         await handler.reject_invite(ROOM, "@bob:here", _member("$leave", "@bob:here", "@bob:here", "leave"))
         assert await handler.get_invite(ROOM, "@bob:here") is None
 
@@ -86,8 +103,13 @@ async def test_invite_read_reject_redact(handler: InviteHandler) -> None:
 async def test_redaction_follows_older_version(handler: InviteHandler) -> None:
     """A v6 room's redaction drops ``join_authorised_via_users_server`` (kept only from v9)."""
     with LoggingContext("t"):
-        inv = _member("$inv", "@alice:other.example", "@bob:here", "invite",
-                      join_authorised_via_users_server="@alice:other.example")
+        inv = _member(
+            "$inv",
+            "@alice:other.example",
+            "@bob:here",
+            "invite",
+            join_authorised_via_users_server="@alice:other.example",
+        )
         await handler.on_invite("6", inv)
         pruned = await handler.redact_event("$inv", "$r")
         assert pruned["content"] == {"membership": "invite"}

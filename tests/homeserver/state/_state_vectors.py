@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from homeserver.state import PDU, InMemoryEventSource, StateKey
 
 SHARED = Path(__file__).resolve().parents[3] / ".." / "shared"
@@ -22,9 +21,7 @@ def _lines(pattern: str) -> tuple[str, ...]:
     files = sorted(VECTORS.glob(pattern))
     if not files:
         raise FileNotFoundError(f"no vectors matching {pattern} in {VECTORS}")
-    return tuple(
-        line for path in files for line in path.read_text("utf-8").splitlines() if line.strip()
-    )
+    return tuple(line for path in files for line in path.read_text("utf-8").splitlines() if line.strip())
 
 
 def load_cases(pattern: str = "v*.jsonl") -> list[dict[str, Any]]:

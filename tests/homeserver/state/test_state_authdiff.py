@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from homeserver.state.authdiff import (
     AuthDifferenceWalk,
     auth_difference,
@@ -16,6 +13,8 @@ from homeserver.state.authdiff import (
     reach_closure,
 )
 from homeserver.state.chain_index import ChainCoverIndex
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 
 @st.composite

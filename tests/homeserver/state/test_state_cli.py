@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from _state_vectors import VECTORS, expected_of, load_cases
-
 from homeserver.__main__ import main
 
 
@@ -33,8 +32,13 @@ def test_cli_subprocess_and_bad_lines(tmp_path: Path) -> None:
     f = tmp_path / "cases.jsonl"
     good = (VECTORS / "v12.jsonl").read_text().splitlines()[0]
     f.write_text(good + "\n{not json\n" + json.dumps({"name": "x", "room_version": "1"}) + "\n")
-    proc = subprocess.run([sys.executable, "-m", "homeserver", "resolve-state", str(f)],
-                          capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "homeserver", "resolve-state", str(f)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     recs = [json.loads(line) for line in proc.stdout.splitlines()]
     assert "resolved" in recs[0]

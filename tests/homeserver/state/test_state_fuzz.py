@@ -6,10 +6,9 @@ import copy
 from typing import Any
 
 from _state_vectors import case
+from homeserver.commands.resolve_state import resolve_case
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from homeserver.commands.resolve_state import resolve_case
 
 _BASES = [
     "v2/synapse-v2/ban_vs_pl/at-END",
@@ -19,16 +18,43 @@ _BASES = [
 ]
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**60), 2**60) | st.floats(allow_nan=False) | st.text(max_size=8),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**60), 2**60)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
     max_leaves=6,
 )
 
-_FIELDS = ["type", "sender", "state_key", "content", "origin_server_ts", "room_id", "auth_events",
-           "prev_events", "event_id"]
-_CONTENT_KEYS = ["membership", "users", "users_default", "state_default", "events", "ban", "kick",
-                 "invite", "join_rule", "creator", "m.federate", "third_party_invite",
-                 "join_authorised_via_users_server", "additional_creators", "notifications"]
+_FIELDS = [
+    "type",
+    "sender",
+    "state_key",
+    "content",
+    "origin_server_ts",
+    "room_id",
+    "auth_events",
+    "prev_events",
+    "event_id",
+]
+_CONTENT_KEYS = [
+    "membership",
+    "users",
+    "users_default",
+    "state_default",
+    "events",
+    "ban",
+    "kick",
+    "invite",
+    "join_rule",
+    "creator",
+    "m.federate",
+    "third_party_invite",
+    "join_authorised_via_users_server",
+    "additional_creators",
+    "notifications",
+]
 
 
 @st.composite
@@ -46,8 +72,15 @@ def mutated_cases(draw: Any) -> dict[str, Any]:
             c["events"].remove(ev)
         elif what == "state":
             s = draw(st.sampled_from(c["state_sets"]))
-            s.append(draw(st.lists(json_values, max_size=4)) if draw(st.booleans())
-                     else ["m.room.topic", "", draw(st.sampled_from([e.get("event_id") for e in c["events"]] + ["$nope"]))])
+            s.append(
+                draw(st.lists(json_values, max_size=4))
+                if draw(st.booleans())
+                else [
+                    "m.room.topic",
+                    "",
+                    draw(st.sampled_from([e.get("event_id") for e in c["events"]] + ["$nope"])),
+                ]
+            )
         elif what == "auth_ref" and isinstance(ev.get("auth_events"), list):
             other = draw(st.sampled_from(c["events"])).get("event_id")
             ev["auth_events"].append([other, {}] if c["room_version"] == "2" else other)
@@ -76,8 +109,9 @@ def test_malformed_state_sets(raw: Any) -> None:
     c = copy.deepcopy(case(_BASES[0]))
     c["state_sets"] = raw
     out = resolve_case(c)
-    assert "resolved" in out or out["error"].startswith(("invalid_input: ", "unknown_event: ",
-                                                         "invalid_event: "))
+    assert "resolved" in out or out["error"].startswith(
+        ("invalid_input: ", "unknown_event: ", "invalid_event: ")
+    )
 
 
 def test_auth_cycle_is_refused() -> None:

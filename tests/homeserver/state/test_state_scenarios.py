@@ -6,7 +6,6 @@ from typing import Any
 
 import pytest
 from _state_vectors import case, inputs_of
-
 from homeserver.state import (
     PDU,
     AuthFailure,
@@ -23,7 +22,9 @@ def outcome(name: str, *, reverse: bool = False) -> set[str]:
     """Resolve a vector case; return the resolved state as the case's labels."""
     c = case(name)
     inputs = inputs_of(c)[::-1] if reverse else inputs_of(c)
-    result = resolve_state(c["room_version"], inputs, InMemoryEventSource.from_vector(c), room_id=c["room_id"])
+    result = resolve_state(
+        c["room_version"], inputs, InMemoryEventSource.from_vector(c), room_id=c["room_id"]
+    )
     labels = c.get("labels", {})
     return {labels.get(e, e) for e in result.values()}
 
@@ -31,7 +32,9 @@ def outcome(name: str, *, reverse: bool = False) -> set[str]:
 def error_of(name: str) -> str:
     c = case(name)
     with pytest.raises(StateResolutionError) as exc:
-        resolve_state(c["room_version"], inputs_of(c), InMemoryEventSource.from_vector(c), room_id=c["room_id"])
+        resolve_state(
+            c["room_version"], inputs_of(c), InMemoryEventSource.from_vector(c), room_id=c["room_id"]
+        )
     return exc.value.category
 
 
@@ -124,7 +127,7 @@ def test_aliases_special_case_until_v5() -> None:
 
 
 def test_stringy_power_levels_follow_python_int() -> None:
-    """"+50", "0050", "5_0" and 50.9 reach the state level; " 49 " (49) does not."""
+    """ "+50", "0050", "5_0" and 50.9 reach the state level; " 49 " (49) does not."""
     got = outcome("v3/edge/stringy-power-levels")
     assert "T_BOB" in got
 
@@ -188,7 +191,14 @@ def test_kahn_order() -> None:
     assert _kahn(graph, lambda n: (0, 0, n)) == ["o", "l", "n", "m", "p"]
 
 
-def _pdu(eid: str, etype: str, sender: str, content: dict[str, Any], auth: tuple[str, ...] = (), sk: str | None = "") -> PDU:
+def _pdu(
+    eid: str,
+    etype: str,
+    sender: str,
+    content: dict[str, Any],
+    auth: tuple[str, ...] = (),
+    sk: str | None = "",
+) -> PDU:
     return PDU(eid, "!r:x", etype, sk, sender, content, 0, auth)
 
 
@@ -197,8 +207,13 @@ def test_sender_power_by_version(version: str) -> None:
     """PL {Alice 100, Bob 50, users_default 10}; without a PL the creator (per version) has 100."""
     rules = rules_for(version)
     create = _pdu("$c", "m.room.create", "@alice:x", {"creator": "@bob:x"})
-    pl = _pdu("$pl", "m.room.power_levels", "@alice:x",
-              {"users": {"@alice:x": 100, "@bob:x": 50}, "users_default": 10}, ("$c",))
+    pl = _pdu(
+        "$pl",
+        "m.room.power_levels",
+        "@alice:x",
+        {"users": {"@alice:x": 100, "@bob:x": 50}, "users_default": 10},
+        ("$c",),
+    )
     evs = {e.event_id: e for e in (create, pl)}
     ctx = _Ctx("!r:x", evs, {}, complete=True)  # type: ignore[arg-type]
     for who, want in (("@alice:x", 100), ("@bob:x", 50), ("@charlie:x", 10)):

@@ -6,7 +6,6 @@ from typing import Any
 
 import pytest
 from _state_vectors import LazySource, case_params, expected_of, inputs_of, load_cases, parse
-
 from homeserver.state import (
     InMemoryEventSource,
     ResolutionStages,
@@ -30,7 +29,11 @@ def _resolve(c: dict[str, Any], inputs: Any, *, build_index: bool = False, **opt
         src.build_index()
     stages = ResolutionStages()
     result = resolve_state(
-        c["room_version"], inputs, src, room_id=c["room_id"], options=ResolveOptions(**opts),
+        c["room_version"],
+        inputs,
+        src,
+        room_id=c["room_id"],
+        options=ResolveOptions(**opts),
         stages=stages,
     )
     return result, stages

@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from homeserver.state import InvalidAuthGraph, ResolveOptions, StateResolutionError
 from homeserver.storage.events import EventStore
 from homeserver.storage.rooms import RoomStore
+
 from logcontext import LoggingContext
 from logcontext.db import DatabasePool
+
 
 def apply_schema(txn: Any) -> None:
     """The schema loader ``storage/schema.py`` (loaded by path: the ``schema/`` package shadows it)."""
@@ -146,9 +147,17 @@ async def test_cycle_in_batch_is_refused() -> None:
             await p.run_interaction("apply_schema", apply_schema)
             await RoomStore(p).store_room("!r:x", "2")
             evs = [
-                {"event_id": f"${a}:x", "room_id": "!r:x", "type": "m.room.topic", "state_key": "",
-                 "sender": "@a:x", "content": {}, "origin_server_ts": 1,
-                 "auth_events": [[f"${b}:x", {}]], "prev_events": []}
+                {
+                    "event_id": f"${a}:x",
+                    "room_id": "!r:x",
+                    "type": "m.room.topic",
+                    "state_key": "",
+                    "sender": "@a:x",
+                    "content": {},
+                    "origin_server_ts": 1,
+                    "auth_events": [[f"${b}:x", {}]],
+                    "prev_events": [],
+                }
                 for a, b in (("a", "b"), ("b", "a"))
             ]
             with pytest.raises(InvalidAuthGraph):
