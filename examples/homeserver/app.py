@@ -330,8 +330,11 @@ class MainProcess:
             await self.http_runner.cleanup()
         await self.handler.stop()
         if clean:
-            with contextlib.suppress(Exception):
-                await self.persist_positions()
+            with _instrument.logging_context(f"{self.instance_name}-shutdown"):
+                try:
+                    await self.persist_positions()
+                except Exception:
+                    logger.exception("Could not persist stream positions at shutdown")
         await self.db.close()
 
 

@@ -95,7 +95,7 @@ async def test_rows_flow_over_the_bus_and_echoes_are_ignored(db_cfg: DatabaseCon
 
 @pytest.mark.parametrize("hook", [True, False])
 async def test_replicate_must_follow_subscribe(db_cfg: DatabaseConfig, redis_url: str, hook: bool) -> None:
-    """REPLICATE published before the SUBSCRIBE confirmation loses the answers (#7409); the real order syncs."""
+    """REPLICATE before the SUBSCRIBE confirmation loses the answers (#7409); the real order syncs."""
     async with (
         asyncio.timeout(15),
         bus_setup(db_cfg, redis_url, worker_bus={"replicate_before_subscribe": hook}) as (main, w),
@@ -123,7 +123,7 @@ async def test_subscriber_reconnect_catches_up(db_cfg: DatabaseConfig, redis_url
 
 
 async def test_writer_reconnect_announces_positions(db_cfg: DatabaseConfig, redis_url: str) -> None:
-    """A writer that stays up and reconnects to Redis after writing rows announces; readers catch up (#7482)."""
+    """A writer reconnecting to Redis after writing rows announces; readers catch up (#7482)."""
     async with asyncio.timeout(15), bus_setup(db_cfg, redis_url) as (main, w):
         await wait_until(lambda: bus_synced(w))
         assert main.bus is not None
