@@ -236,8 +236,10 @@ class RoomGen:
                 {"join_rule": "invite" if jr == "public" else "public"},
             )
 
-    def grow(self, steps: int) -> RoomGen:
-        for _ in range(steps):
+    def grow(self, kept: int) -> RoomGen:
+        """Take random steps until ``kept`` more events have passed auth."""
+        target = len(self.dicts) + kept
+        while len(self.dicts) < target:
             self.step()
         return self
 

@@ -6,6 +6,7 @@ error only when it is read (spec §5.3), never at parse time.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -291,6 +292,9 @@ def pdu_from_dict(d: Mapping[str, Any], rules: RoomRules, *, rejected_reason: st
                 room_id = "!" + event_id[1:]
         elif room_id is not None and room_id.startswith("!"):
             auth = (*auth, "$" + room_id[1:])
+    # Interned IDs: every auth list and state map shares one string object per event ID.
+    event_id = sys.intern(event_id)
+    auth = tuple(sys.intern(a) for a in auth)
     return PDU(event_id, room_id, etype, state_key, sender, content, ts, auth, prev, rejected_reason)
 
 
