@@ -189,10 +189,15 @@ def _reconfigure(led: Ledger) -> None:
     led.flags_gen = gen = _clock._generation
     mode = config.step_mode
     metering = _clock._metering
+    # A FakeClock alone keeps scripted charges exact: sampled needs a scripted wall clock too.
     sampled = (
         mode == "sampled"
         and metering
-        and (_clock._fake is not None or config.clock_mode in ("cpu", "rusage"))
+        and (
+            _wall is not time.perf_counter_ns
+            if _clock._fake is not None
+            else config.clock_mode in ("cpu", "rusage")
+        )
     )
     led.end_cp = mode != "lazy"
     led.window_ns = _window_ns
@@ -406,15 +411,21 @@ def close_window(led: Ledger, now: int) -> list[tuple[Any, int, int]]:
         pend.clear()
         led.unattributed_ns += cpu
         return []
-    given = min(total, cpu)
-    items: list[tuple[Any, int, int]] = []
-    charged = 0
-    for ctx, w in pend.items():
-        a = given * w // total
-        if a > 0:
-            au = a * du // cpu
-            items.append((ctx, au, a - au))
-            charged += a
+    items: list[tuple[Any, int, int]]
+    if total <= cpu and ds == 0:
+        # The usual case: metered steps were on-CPU, each gets exactly its share.
+        items = [(ctx, w, 0) for ctx, w in pend.items()]
+        charged = total
+    else:
+        given = min(total, cpu)
+        items = []
+        charged = 0
+        for ctx, w in pend.items():
+            a = given * w // total
+            if a > 0:
+                au = a * du // cpu
+                items.append((ctx, au, a - au))
+                charged += a
     pend.clear()
     led.attributed_ns += charged
     led.unattributed_ns += cpu - charged
@@ -446,14 +457,20 @@ def _charge_items(items: list[tuple[Any, int, int]], lat: set[Any]) -> None:
         for ctx, du, ds in items:
             ut = du * 1e-9
             st = ds * 1e-9
-            u = ctx._usage
+            u = ctx._u
+            if u is None:
+                u = ctx._usage
             u.ru_utime += ut
-            u.ru_stime += st
+            if ds:
+                u.ru_stime += st
             fin = [ctx] if ctx.finished and ctx in lat else None
             for c in ctx._ancestors:
-                u = c._usage
+                u = c._u
+                if u is None:
+                    u = c._usage
                 u.ru_utime += ut
-                u.ru_stime += st
+                if ds:
+                    u.ru_stime += st
                 if c.finished:
                     fin = [c] if fin is None else [*fin, c]
             if fin is not None:

@@ -59,7 +59,10 @@ class MeteredCoroutine(Coroutine[Any, Any, T]):
     ``__next__``: the C Task would call it instead of ``send(None)``.
     """
 
-    __slots__ = ("__weakref__", "_coro")
+    # ``__qualname__`` is an instance slot: a class body cannot define it as a property
+    # (``type()`` takes it as the class's own), and a ``__getattr__`` fallback would slow down
+    # every attribute access of the hot path (no specialisation for custom getattro).
+    __slots__ = ("__qualname__", "__weakref__", "_coro")
 
     _coro: Coroutine[Any, Any, T]
 
@@ -67,17 +70,70 @@ class MeteredCoroutine(Coroutine[Any, Any, T]):
         if isinstance(coro, MeteredCoroutine):
             coro = coro._coro
         self._coro = coro
+        self.__qualname__ = getattr(coro, "__qualname__", None) or type(coro).__qualname__
 
     def send(self, value: Any) -> Any:
-        # The hot path: §2.3's step with the ledger's fast switch paths inlined
-        # (``_ledger.switch`` is the reference; keep them in step).
+        # The hot path (§2.3): a top-level step that switches context, with the ledger's fast
+        # switch paths inlined (``_ledger.switch`` is the reference; keep them in step).
         try:
             led = _local.ledger
         except AttributeError:
             led = _get_ledger()
         saved = led.charged
-        led.depth += 1
         ctx = current_context()
+        if ctx is saved or led.depth or led.flags_gen != _clock._generation or not led.end_cp:
+            return self._step(led, saved, ctx, value)
+        fast = led.fast
+        if fast == 2:
+            now = led.wall()
+            if saved is not _SENTINEL:
+                led.pend[saved] += now - led.wlast
+            led.wlast = now
+            led.charged = ctx
+            led.depth = 1
+            try:
+                return self._coro.send(value)
+            finally:
+                led.depth = 0
+                old = led.charged
+                if old is not _SENTINEL:
+                    now = led.wall()
+                    led.pend[old] += now - led.wlast
+                    if old.finished:
+                        led.lat.add(old)
+                    led.wlast = now
+                    led.charged = _SENTINEL
+                    if now >= led.wdl:
+                        _close_window(led, now)
+        if fast == 1:
+            now = led.clk()
+            d = now - led.last_u
+            led.last_u = now
+            if saved is _SENTINEL:
+                led.unattributed_ns += d
+            else:
+                led.pend[saved] += d
+            led.charged = ctx
+            led.depth = 1
+            try:
+                return self._coro.send(value)
+            finally:
+                led.depth = 0
+                old = led.charged
+                if old is not _SENTINEL:
+                    now = led.clk()
+                    led.pend[old] += now - led.last_u
+                    if old.finished:
+                        led.lat.add(old)
+                    led.last_u = now
+                    led.charged = _SENTINEL
+                    if now >= led.wdl:
+                        _close_window(led, now)
+        return self._step(led, saved, ctx, value)
+
+    def _step(self, led: Any, saved: Any, ctx: Any, value: Any) -> Any:
+        # Every other step: nested (depth > 0), no switch, lazy, or a settings change.
+        led.depth += 1
         if ctx is not saved:
             fast = led.fast
             if fast and led.flags_gen == _clock._generation:
@@ -192,13 +248,6 @@ class MeteredCoroutine(Coroutine[Any, Any, T]):
     @property
     def __name__(self) -> str:
         return str(getattr(self._coro, "__name__", type(self._coro).__name__))
-
-    def __getattr__(self, name: str) -> Any:
-        # ``__qualname__`` cannot be a property in a class body (type() consumes it), and
-        # instance lookup of it misses the class dict, so it lands here.
-        if name == "__qualname__":
-            return getattr(self._coro, "__qualname__", type(self._coro).__qualname__)
-        raise AttributeError(name)
 
     @property
     def cr_frame(self) -> FrameType | None:
