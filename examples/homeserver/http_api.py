@@ -125,7 +125,16 @@ def build_main_app(main: MainProcess) -> web.Application:
             return _bad("instance, from_token and upto_token are required integers")
         if from_token < 0 or upto_token < 0 or limit < 1:
             return _bad("tokens must be >= 0 and limit >= 1")
-        with _instrument.logging_context(f"replication-http-{stream.name}"):
+        parent, links = _instrument.remote_parent_or_link(dict(request.headers))
+        with (
+            _instrument.logging_context(f"replication-http-{stream.name}"),
+            _instrument.span(
+                "replication.http.get_repl_stream_updates",
+                {"stream": stream.name, "from": from_token, "to": upto_token},
+                links,
+                parent,
+            ),
+        ):
             updates, upto, limited = await stream.get_updates_since(instance, from_token, upto_token, limit)
         return web.json_response(
             {"updates": [[t, row] for t, row in updates], "upto_token": upto, "limited": limited}

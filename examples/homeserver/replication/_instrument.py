@@ -123,14 +123,34 @@ def background_process(
 
 
 @contextlib.contextmanager
-def span(name: str, attributes: dict[str, Any] | None = None, links: Any = ()) -> Iterator[Any]:
+def span(
+    name: str, attributes: dict[str, Any] | None = None, links: Any = (), parent: Any = None
+) -> Iterator[Any]:
     """``logcontext.tracing.start_span`` (usage recorded) or nothing."""
     tr = _tracing()
     if tr is None or not _tracing_on(tr):
         yield None
         return
-    with tr.start_span(name, attributes=attributes, links=links) as s:
+    with tr.start_span(name, attributes=attributes, links=links, parent=parent) as s:
         yield s
+
+
+def tracing_on() -> bool:
+    """True when a tracing backend is configured."""
+    tr = _tracing()
+    return tr is not None and _tracing_on(tr)
+
+
+def remote_parent_or_link(headers: Any) -> tuple[Any, Any]:
+    """``(parent, links)`` for an authenticated internal request carrying trace headers."""
+    tr = _tracing()
+    if tr is None or not _tracing_on(tr):
+        return None, ()
+    parent = tr.extract(headers, origin="replication", authenticated=True)
+    if parent is not None:
+        return parent, ()
+    link = tr.extract_link(headers)
+    return None, ((link,) if link is not None else ())
 
 
 def _tracing_on(tr: Any) -> bool:

@@ -212,6 +212,16 @@ class ReplicationConnection(asyncio.Protocol):
             self.send_error("internal error", reason="internal")
 
     def _dispatch(self, cmd: Command) -> None:
+        if self._authenticated and cmd.NAME in ("RDATA", "POSITION"):
+            self.handler.on_command(self, cmd)  # queued; processed in its stream's context
+            return
+        with (
+            _instrument.logging_context(f"replication-{cmd.NAME}", self.context),
+            _instrument.span(f"replication.recv.{cmd.NAME}", {"conn": self.peer_name}),
+        ):
+            self._dispatch_inline(cmd)
+
+    def _dispatch_inline(self, cmd: Command) -> None:
         if not self._authenticated:
             if not isinstance(cmd, AuthCommand):
                 self.send_error("AUTH required", reason="auth")
@@ -244,11 +254,7 @@ class ReplicationConnection(asyncio.Protocol):
             return
         if isinstance(cmd, NameCommand):
             self.peer_name = cmd.instance_name
-        if cmd.NAME in ("RDATA", "POSITION"):
-            self.handler.on_command(self, cmd)
-            return
-        with _instrument.logging_context(f"replication-{cmd.NAME}", self.context):
-            self.handler.on_command(self, cmd)
+        self.handler.on_command(self, cmd)
 
     def pause_writing(self) -> None:
         if self.state is ConnState.ESTABLISHED:

@@ -191,7 +191,7 @@ def _check(
 )
 @given(st.lists(ACTIONS, min_size=4, max_size=20))
 def test_no_row_lost_or_duplicated(actions: list[tuple[Any, ...]]) -> None:
-    """Random writes, byte-offset cuts and main restarts: every committed row reaches the worker exactly once."""
+    """Random writes, byte-offset cuts, main restarts: every committed row reaches the worker once."""
     with tempfile.TemporaryDirectory() as tmp:
 
         async def run() -> None:
