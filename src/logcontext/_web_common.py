@@ -463,14 +463,19 @@ def response_trace_headers() -> dict[str, str]:
 
 
 def _tracing_finish(st: RequestState, code: str) -> None:
-    tr = _tracing()
-    if tr is None or st.ctx.span is None:
+    """Name the request's own server span after the servlet and tag the outcome.
+
+    Targets ``ctx.span`` directly (not the active span, which could be a nested one the
+    handler left open).
+    """
+    span = st.ctx.span
+    if span is None:
         return
     try:
         servlet = st.servlet_name
-        tr.set_operation_name(f"{st.method} {servlet}")
-        tr.set_tag("http.route", servlet)
-        tr.set_tag("http.response.status_code", int(code))
+        span.update_name(f"{st.method} {servlet}")
+        span.set_attribute("http.route", servlet)
+        span.set_attribute("http.response.status_code", int(code))
     except Exception:
         logger.exception("logcontext: could not finish the request span")
 
