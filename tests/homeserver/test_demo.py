@@ -8,7 +8,7 @@ import sqlite3
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -303,6 +303,8 @@ def _run_demo(out: Path, *extra: str, env: dict[str, str] | None = None) -> subp
             "demo",
             "--out",
             str(out),
+            "--size",
+            "small",
             "--rooms",
             "2",
             "--no-progress",
@@ -387,3 +389,120 @@ def test_demo_refuses_bad_options(tmp_path: Path) -> None:
     proc = _run_demo(tmp_path / "o", "--redis", "http://x")
     assert proc.returncode == 2 and "--redis" in proc.stderr
     assert not list((tmp_path / "o").glob("*.log"))
+
+
+def _missing_service(why: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"cannot run in CI: {why}", pytrace=False)
+    pytest.skip(why)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_demo_on_postgres(tmp_path: Path, pg_dsn: str) -> None:
+    """With --postgres the three processes share a PostgreSQL database and the checks still pass."""
+    from _pg import make_database
+    from psycopg.conninfo import conninfo_to_dict
+
+    d = conninfo_to_dict(make_database(pg_dsn))
+    url = f"postgresql://{d.get('user', 'postgres')}@{d['host']}:{d['port']}/{d['dbname']}"
+    proc = _run_demo(tmp_path / "out", "--postgres", url)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text("utf-8"))
+    assert summary["replication_ok"] and summary["workload"]["failed"] == 0
+    assert "PostgreSQL" in proc.stdout and not (tmp_path / "out" / "homeserver.db").exists()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[str]:
+    """A throwaway ``redis-server`` on a free loopback port."""
+    import shutil
+    import socket
+    import time
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        _missing_service("redis-server is not installed")
+    assert binary is not None
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_demo_over_redis(tmp_path: Path, redis_server: str) -> None:
+    """With --redis the workers follow the main process over pub/sub and receive every row."""
+    proc = _run_demo(tmp_path / "out", "--redis", redis_server)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    status = json.loads((tmp_path / "out" / "status.json").read_text("utf-8"))
+    assert status["replication"]["ok"]
+    for w in ("worker1", "worker2"):
+        assert status["replication"]["workers"][w]["device_lists"]["received"] > 0
+
+
+@pytest.mark.slow
+def test_demo_exports_over_otlp(tmp_path: Path) -> None:
+    """With OTEL_EXPORTER_OTLP_ENDPOINT set, each process's spans arrive over OTLP/HTTP, not in files."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    received: list[tuple[str, str]] = []
+
+    class Collector(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            if self.path == "/v1/traces":
+                req = ExportTraceServiceRequest()
+                req.ParseFromString(body)
+                for rs in req.resource_spans:
+                    svc = next(
+                        a.value.string_value for a in rs.resource.attributes if a.key == "service.name"
+                    )
+                    for ss in rs.scope_spans:
+                        received.extend((svc, sp.name) for sp in ss.spans)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{server.server_address[1]}"
+        proc = _run_demo(tmp_path / "out", env=env)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "Traces: OTLP to http://127.0.0.1:" in proc.stdout
+    assert not list((tmp_path / "out").glob("spans-*.jsonl"))
+    assert {svc for svc, _ in received} == {"main", "worker1", "worker2"}
+    assert ("main", "POST RoomStateResolutionServlet") in received
