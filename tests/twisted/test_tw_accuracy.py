@@ -7,7 +7,7 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 import pytest
-from conftest import TwistedHarness
+from _twisted_harness import TwistedHarness
 from twisted.internet import defer
 
 import logcontext.twisted as lt

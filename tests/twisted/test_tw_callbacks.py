@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 import pytest
-from conftest import TwistedHarness
+from _twisted_harness import TwistedHarness
 from twisted.internet import defer
 from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 from twisted.internet.defer import Deferred

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import TwistedHarness
+from _twisted_harness import TwistedHarness
 from twisted.internet.defer import CancelledError
 from twisted.python.threadpool import ThreadPool
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import TwistedHarness
+from _twisted_harness import TwistedHarness
 from twisted.logger import Logger, LogLevel, globalLogPublisher
 
 import logcontext.twisted as lt
