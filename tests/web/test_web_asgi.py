@@ -217,3 +217,24 @@ def test_trusted_proxy_forwarded_for(records: RecordCollector) -> None:
         httpx.get(f"{base}/hello", headers=fwd)
         recs = records.wait_access(2)
     assert recs[1].getMessage().startswith("127.0.0.1 - asgi - ")
+
+
+async def test_websocket_scope_gets_context_without_access_line(records: RecordCollector) -> None:
+    """A websocket scope runs in its own context ``WS-<n>``; lifespan passes through; no line."""
+    seen: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(f"{scope['type']}:{current_context().name}")
+
+    mw = LogContextMiddleware(app)
+
+    async def nothing() -> dict[str, Any]:
+        return {}
+
+    async def ignore(message: Any) -> None:
+        return None
+
+    await mw({"type": "websocket", "path": "/ws", "headers": []}, nothing, ignore)
+    await mw({"type": "lifespan"}, nothing, ignore)
+    assert re.fullmatch(r"websocket:WS-\d+", seen[0]) and seen[1] == "lifespan:sentinel"
+    assert records.access() == []
