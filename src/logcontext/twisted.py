@@ -628,7 +628,7 @@ class _Installed:
 def _pin_asyncio_timer(reactor: Any) -> Callable[[], None] | None:
     """Make an asyncio reactor's timer handle capture an empty ``Context``.
 
-    Newer Twisted asyncio reactors keep their own ``DelayedCall`` heap behind a single
+    Twisted's asyncio reactor (22.8 and 26.10 checked) keeps its ``DelayedCall`` heap behind a single
     ``loop.call_at`` timer, re-armed by whichever ``callLater`` (or timer run) moves it;
     asyncio copies the current ``Context`` into that handle, so every due call then
     runs in the context of an unrelated scheduler, and the next re-arm copies it on.
@@ -685,7 +685,7 @@ def install(reactor: Any, check_leaks: bool = False, *, check_interval: float = 
     """Tell the integration which reactor to use, and optionally check for leaks.
 
     :func:`run_interaction` fires its Deferreds on this reactor. On an asyncio reactor
-    whose ``callLater`` shares one asyncio timer (newer Twisted), the timer is re-armed
+    whose ``callLater`` shares one asyncio timer (Twisted 22.8 and later), it is re-armed
     in an empty ``Context``, so raw ``callLater`` callbacks stop inheriting the context
     of whichever coroutine last scheduled one. With ``check_leaks``, a check every
     ``check_interval`` seconds that the reactor's timed callbacks run in the sentinel
