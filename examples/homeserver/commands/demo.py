@@ -788,6 +788,7 @@ def run(args: argparse.Namespace) -> int:
             f"main: HTTP {main_http} (metrics at {main_http}/metrics), replication {rhost}:{rport}; "
             + ", ".join(f"{n}: {u}" for n, u in worker_http.items()),
             highlight=False,
+            soft_wrap=True,
         )
         outcome = asyncio.run(_drive(_Run(main_http, worker_http, bool(args.redis)), args, console, state))
     except (TimeoutError, RuntimeError, OSError) as e:
