@@ -506,3 +506,23 @@ def test_demo_exports_over_otlp(tmp_path: Path) -> None:
     assert not list((tmp_path / "out").glob("spans-*.jsonl"))
     assert {svc for svc, _ in received} == {"main", "worker1", "worker2"}
     assert ("main", "POST RoomStateResolutionServlet") in received
+
+
+def test_observability_launcher_refuses_bad_input(tmp_path: Path) -> None:
+    """The launcher names a missing log directory, a bad service name and a missing ``--``."""
+
+    def launch(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "homeserver.observability", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    proc = launch("--log-dir", str(tmp_path / "nope"), "--service", "main", "--", "main")
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    proc = launch("--log-dir", str(tmp_path), "--service", "a b", "--", "main")
+    assert proc.returncode == 2 and "service name 'a b'" in proc.stderr
+    proc = launch("--log-dir", str(tmp_path))
+    assert proc.returncode == 2 and "usage:" in proc.stderr
+    assert not list(tmp_path.iterdir())
