@@ -127,7 +127,8 @@ class _TwistedMeteredCoroutine(MeteredCoroutine[R]):
     it awaits, often inside another context's block; when the thread is charging a
     context at the start of a step, the step counts as nested, so its end gives the
     ledger back to that context instead of the sentinel. (Not in the ``lazy`` step
-    mode, where the context still charged is just the previous step's.)
+    mode, where the context still charged is just the previous step's, nor to a
+    finished context.)
     """
 
     __slots__ = ()
@@ -137,7 +138,8 @@ class _TwistedMeteredCoroutine(MeteredCoroutine[R]):
             led = _local.ledger
         except AttributeError:
             led = _get_ledger()
-        if led.charged is _SENTINEL or not led.end_cp:
+        ch = led.charged
+        if ch is _SENTINEL or ch.finished or not led.end_cp:
             return MeteredCoroutine.send(self, value)
         led.depth += 1
         try:
@@ -150,7 +152,8 @@ class _TwistedMeteredCoroutine(MeteredCoroutine[R]):
             led = _local.ledger
         except AttributeError:
             led = _get_ledger()
-        if led.charged is _SENTINEL or not led.end_cp:
+        ch = led.charged
+        if ch is _SENTINEL or ch.finished or not led.end_cp:
             return MeteredCoroutine.throw(self, typ, val, tb)
         led.depth += 1
         try:

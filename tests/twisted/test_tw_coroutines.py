@@ -344,3 +344,84 @@ def test_bare_set_inside_coroutine_does_not_reach_the_caller(tw: TwistedHarness)
 
     tw.wait(lt.ensure_deferred(body()))
     assert not current_context()
+
+
+@pytest.mark.misuse_ok
+def test_step_never_hands_the_ledger_back_to_a_finished_context() -> None:
+    """A step starting while a finished context is still charged ends in the sentinel, not there."""
+    from logcontext import SENTINEL_CONTEXT, _ledger
+
+    clock = FakeClock()
+    ran: list[str] = []
+
+    async def body() -> None:
+        ran.append(str(current_context()))
+
+    with use_clock(clock):
+        with LoggingContext("done") as done:
+            pass
+        led = _ledger.get_ledger()
+        led.charged = done  # what a foreign exit can leave behind
+        try:
+            lt.ensure_deferred(body())
+            after = led.charged
+        finally:
+            if led.charged is done:
+                led.charged = SENTINEL_CONTEXT
+    assert ran == ["sentinel"]
+    assert after is SENTINEL_CONTEXT
+
+
+def test_cancelling_a_metered_coroutine_exits_its_context_cleanly() -> None:
+    """``d.cancel()`` throws ``CancelledError`` through the metering wrapper; the ``with`` exits normally."""
+    gate: Deferred[None] = Deferred()
+    seen: list[str] = []
+
+    async def body() -> None:
+        with LoggingContext("cancelled") as ctx:
+            try:
+                await gate
+            except defer.CancelledError:
+                seen.append(str(current_context()))
+                raise
+        seen.append("unreachable" if not ctx.finished else "exited")
+
+    d = lt.ensure_deferred(body())
+    d.cancel()
+    failures: list[Any] = []
+    d.addErrback(failures.append)
+    assert seen == ["cancelled"]
+    assert failures and failures[0].check(defer.CancelledError)
+    assert not current_context()
+
+
+def test_inline_callbacks_return_value_still_works() -> None:
+    """The deprecated ``returnValue()`` ends an ``inline_callbacks`` generator with that value."""
+    import warnings
+
+    @lt.inline_callbacks
+    def gen() -> Generator[Any, Any, None]:
+        yield defer.succeed(None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            defer.returnValue(5)  # type: ignore[attr-defined]
+
+    assert gen().result == 5  # type: ignore[attr-defined]
+
+
+def test_run_in_background_awaits_other_awaitables() -> None:
+    """An awaitable that is neither a coroutine nor a Deferred is awaited by a small coroutine."""
+
+    class Waiter:
+        def __init__(self) -> None:
+            self.d: Deferred[int] = Deferred()
+
+        def __await__(self) -> Generator[Any, Any, int]:
+            return (yield from self.d.__await__())
+
+    w = Waiter()
+    with PreserveLoggingContext(LoggingContext("foo")):
+        d = lt.run_in_background(lambda: w)
+    assert not d.called
+    w.d.callback(9)
+    assert d.result == 9  # type: ignore[attr-defined]
