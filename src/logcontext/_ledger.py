@@ -109,6 +109,7 @@ class Ledger:
         "attributed_ns",
         "charged",
         "clk",
+        "cpuclk",
         "depth",
         "end_cp",
         "fast",
@@ -142,6 +143,7 @@ class Ledger:
         self.lat = set()
         self.fast = 0
         self.clk = _wall
+        self.cpuclk: Callable[[], int] | None = None
         self.sampled = False
         self.end_cp = True
         self.window_ns = _window_ns
@@ -206,6 +208,7 @@ def _reconfigure(led: Ledger) -> None:
         r = _clock._reader()
         if r is not None:
             led.last_u, led.last_s = r
+        led.cpuclk = time.thread_time_ns if _clock._fake is None and config.clock_mode == "cpu" else None
         led.mode_generation = gen
         led.wlast = led.wopen = _wall()
         led.wdl = led.wopen + _window_ns
@@ -363,9 +366,25 @@ def switch(led: Ledger, new: Any) -> None:
         old._charge_ns(du, ds)
 
 
+def _charge_one(led: Ledger, ctx: Any, ns: int) -> None:
+    """Charge one context (and its ancestors); late only if it was finished when recorded."""
+    lat = led.lat
+    if ctx.finished and ctx not in lat:
+        _charge_items([(ctx, ns, 0)], lat)
+        return
+    lat.clear()
+    ctx._charge_ns(ns, 0)
+
+
 def _flush_exact(led: Ledger) -> list[tuple[Any, int, int]]:
     """Charge the exactly measured pending CPU of the fast path."""
     pend = led.pend
+    if len(pend) == 1:
+        ((ctx, d),) = pend.items()
+        pend.clear()
+        led.attributed_ns += d
+        _charge_one(led, ctx, d)
+        return [(ctx, d, 0)]
     items = [(ctx, d, 0) for ctx, d in pend.items()]
     pend.clear()
     total = 0
@@ -392,17 +411,37 @@ def close_window(led: Ledger, now: int) -> list[tuple[Any, int, int]]:
     if led.fast == 1:
         return _flush_exact(led)
     pend = led.pend
-    r = _clock._reader()
-    if r is None:
-        pend.clear()
-        return []
-    du = r[0] - led.last_u
-    ds = r[1] - led.last_s
-    led.last_u, led.last_s = r
-    if du < 0 or ds < 0:
-        du, ds = _regression(du, ds)
+    cpuclk = led.cpuclk
+    if cpuclk is not None:
+        u = cpuclk()
+        du = u - led.last_u
+        ds = 0
+        led.last_u = u
+        if du < 0:
+            du = _regression(du, 0)[0]
+    else:
+        r = _clock._reader()
+        if r is None:
+            pend.clear()
+            return []
+        du = r[0] - led.last_u
+        ds = r[1] - led.last_s
+        led.last_u, led.last_s = r
+        if du < 0 or ds < 0:
+            du, ds = _regression(du, ds)
     cpu = du + ds
     stats.windows += 1
+    if len(pend) == 1 and ds == 0:
+        # One context in the window (a with-block, a lone request): no apportioning.
+        ((ctx, w),) = pend.items()
+        pend.clear()
+        a = w if w <= cpu else cpu
+        if a < 0:
+            a = 0
+        led.attributed_ns += a
+        led.unattributed_ns += cpu - a
+        _charge_one(led, ctx, a)
+        return [(ctx, a, 0)]
     if not pend:
         led.unattributed_ns += cpu
         return []
