@@ -856,6 +856,11 @@ class LogContextResource(_web_resource.Resource):
     def render(self, request: Any) -> Any:
         return _RequestRun(self, request).render()
 
+    def putChild(self, path: bytes, child: Any) -> None:
+        """Add ``child`` to the wrapped resource (this wrapper has no children of its own)."""
+        wrapped: Any = self.wrapped
+        wrapped.putChild(path, child)
+
 
 def _header(request: Any, name: str) -> str | None:
     v = request.getHeader(name.encode("latin-1"))

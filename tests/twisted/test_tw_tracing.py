@@ -81,3 +81,30 @@ def test_background_process_root_span_linked_to_spawner(tw: TwistedHarness, span
     assert bg.parent is None
     assert [link.context.span_id for link in bg.links] == [spawner.context.span_id]
     assert bg.attributes["logcontext.name"].startswith("tw_traced-")
+
+
+def test_overlapping_metered_coroutines_hold_their_own_spans(spans: Any) -> None:
+    """§10.35 W: metered coroutines started at t=0 and t=2 under a root each keep their span across 4 s."""
+    from twisted.internet import task
+
+    clock = task.Clock()
+    seen: dict[str, bool] = {}
+
+    async def worker(name: str) -> None:
+        with start_span(name) as s:
+            await task.deferLater(clock, 4, lambda: None)
+            seen[name] = _api.active_span() is s
+
+    with LoggingContext("req"), start_span("root") as root:
+        d1 = lt.ensure_deferred(worker("task1"))
+        clock.advance(2)
+        d2 = lt.ensure_deferred(worker("task2"))
+        assert _api.active_span() is root
+        clock.advance(2)
+        assert d1.called and not d2.called
+        clock.advance(2)
+        assert d2.called
+    assert seen == {"task1": True, "task2": True}
+    finished = spans.get_finished_spans()
+    assert [s.name for s in finished] == ["task1", "task2", "root"]
+    assert {s.parent.span_id for s in finished[:2]} == {finished[2].context.span_id}

@@ -132,6 +132,18 @@ def test_request_handler_decorator_sets_servlet_and_tag(
     assert line.access["servlet"] == "hello_servlet"  # type: ignore[attr-defined]
 
 
+def test_put_child_goes_to_the_wrapped_tree(tw: TwistedHarness, caplog: pytest.LogCaptureFixture) -> None:
+    """``putChild`` on the wrapper adds to the wrapped resource, and traversal finds it."""
+    root = Resource()
+    client = Client(tw, root)
+    client.site.resource.putChild(b"late", Hello())
+    assert b"late" in root.children
+    with caplog.at_level(logging.INFO):
+        client.get("/late")
+    client.close()
+    assert b"hello" in client.transport.value()
+
+
 def test_wrapper_validates_arguments() -> None:
     """Bad arguments raise clear errors."""
     with pytest.raises(TypeError, match="resource"):
