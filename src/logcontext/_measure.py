@@ -31,7 +31,7 @@ class Measure:
     ``Measure`` object can be entered once: entering it again raises ``RuntimeError``.
     """
 
-    __slots__ = ("_ctx", "_in_flight", "_span_cm", "name", "server_name", "span", "start")
+    __slots__ = ("_block", "_ctx", "_span_cm", "name", "server_name", "span", "start")
 
     def __init__(self, name: str, *, server_name: str | None = None, span: bool = False) -> None:
         if not isinstance(name, str) or not name:
@@ -43,15 +43,18 @@ class Measure:
         self.span = span
         self.start = -1.0
         self._ctx: LoggingContext | None = None
-        self._in_flight: set[Measure] | None = None
+        self._block: Any = None
         self._span_cm: Any = None
 
     def __enter__(self) -> Measure:
         if self.start >= 0:
             raise RuntimeError(f"Measure({self.name!r}) cannot be entered twice")
         parent = current_context()
+        server = self.server_name
+        if server is None:
+            self.server_name = server = parent.server_name
         if parent:
-            ctx = LoggingContext(parent.name, parent_context=parent, server_name=self.server_name)
+            ctx = LoggingContext(parent.name, parent_context=parent, server_name=server)
         else:
             from . import _misuse
 
@@ -60,22 +63,13 @@ class Measure:
                 f"Measure({self.name!r}) entered in the sentinel context: usage not attributed",
                 site=f"Measure:{self.name}",
             )
-            ctx = LoggingContext("sentinel", server_name=self.server_name)
-        if self.server_name is None:
-            self.server_name = ctx.server_name
+            ctx = LoggingContext("sentinel", server_name=server)
         self._ctx = ctx
         m = _bgmetrics.active
+        self.start = _monotonic()
         if m is not None:
-            key = (self.name, self.server_name)
-            flights: dict[tuple[str, str], set[Measure]] = m.blocks_in_flight
-            s = flights.get(key)
-            if s is None:
-                s = flights.setdefault(key, set())
-            self.start = _monotonic()
-            s.add(self)
-            self._in_flight = s
-        else:
-            self.start = _monotonic()
+            b = self._block = m.block(self.name, server)
+            b.in_flight.add(self)
         ctx.__enter__()
         if self.span:
             self._span_cm = _start_block_span(self.name)
@@ -94,18 +88,15 @@ class Measure:
             cm, self._span_cm = self._span_cm, None
             cm.__exit__(exc_type, exc, tb)
         ctx.__exit__(exc_type, exc, tb)
-        duration = _monotonic() - self.start
-        s = self._in_flight
-        if s is not None:
-            s.discard(self)
-            self._in_flight = None
-        m = _bgmetrics.active
-        if m is None:
+        b = self._block
+        if b is None:
             return
+        duration = _monotonic() - self.start
+        self._block = None
+        b.in_flight.discard(self)
         # The child has just exited (its CPU is booked at the exit checkpoint), so its totals
         # are final: read them without the snapshot machinery of get_resource_usage().
         usage = getattr(ctx, "_usage", None) or ctx.get_resource_usage()
-        b = m.block(self.name, cast(str, self.server_name))
         b.count.inc()
         b.time.inc(duration if duration > 0 else 0.0)
         if usage.ru_utime > 0:

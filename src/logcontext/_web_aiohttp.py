@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion10, HttpVersion11, web
 
 from ._redact import DEFAULT_REDACT
 from ._web_common import (
@@ -25,23 +26,24 @@ __all__ = ["logcontext_middleware"]
 
 logger = logging.getLogger("logcontext.web")
 _TRACING_MODULE = "logcontext.tracing"
+_monotonic = time.monotonic
 _MISSING: Any = object()
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _route_name(request: web.Request) -> Callable[[], str | None]:
-    def get() -> str | None:
-        route = request.match_info.route
-        name = route.name
-        if name:
-            return name
-        resource = route.resource
-        if resource is not None:
-            return resource.canonical
-        return None
+def _route_name(request: web.Request) -> str | None:
+    route = request.match_info.route
+    name = route.name
+    if name:
+        return name
+    resource = route.resource
+    if resource is not None:
+        return resource.canonical
+    return None
 
-    return get
+
+_PROTOCOLS = {HttpVersion10: "HTTP/1.0", HttpVersion11: "HTTP/1.1"}
 
 
 def _error_response(exc: web.HTTPException) -> web.Response:
@@ -85,16 +87,19 @@ def logcontext_middleware(
     @web.middleware
     async def logcontext_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
         version = request.version
+        raw = request.raw_path
+        q = raw.find("?")
         st = RequestState(
             opts,
-            method=request.method.upper(),
-            path=request.path,
-            raw_uri=request.raw_path,
-            protocol=f"HTTP/{version.major}.{version.minor}",
+            method=request.method,
+            path=raw if q < 0 else raw[:q],
+            raw_uri=raw,
+            protocol=_PROTOCOLS.get(version) or f"HTTP/{version.major}.{version.minor}",
             peer=request.remote,
             headers_get=request.headers.get,
             scheme=request.scheme,
-            route=_route_name(request),
+            route=request,
+            route_fn=_route_name,
         )
         writer = request.writer
         previous = getattr(writer, "on_body_write", _MISSING)
@@ -115,6 +120,7 @@ def logcontext_middleware(
                 scope_cm = None
                 if _TRACING_MODULE in sys.modules:
                     scope_cm = start_server_span(st, request.headers)
+                    st.traced = scope_cm is not None
                 try:
                     return await _run(request, handler, st, counting)
                 finally:
@@ -144,14 +150,20 @@ async def _run(
         st.handler_done()
         logger.exception("Unhandled exception in request %s %s", st.method, st.request.url)
         resp = web.Response(status=500, text="500 Internal Server Error")
-    st.handler_done()
-    if not isinstance(resp, web.StreamResponse):
+    if st.handler_finished is None:
+        st.handler_finished = _monotonic()
+    try:
+        prepared = resp.prepared
+    except AttributeError:
         logger.error("Web handler returned %r instead of a response", resp)
         resp = web.Response(status=500, text="500 Internal Server Error")
+        prepared = False
     st.status = resp.status
-    if not resp.prepared:
-        resp.headers[st.opts.request_id_header] = st.request_id_value
-        if st.ctx.span is not None:
+    if not prepared:
+        resp.headers[st.opts.request_id_header] = (
+            st.echo_id if (st.echo_id and st.opts.echo_request_id) else st.ctx.name
+        )
+        if st.traced:
             for k, v in response_trace_headers().items():
                 resp.headers[k] = v
     st.response_started = True
@@ -172,5 +184,7 @@ async def _run(
     if not counting:
         length = resp.content_length
         st.bytes_sent = length if length is not None else resp.body_length
-    st.sent_all()
+    if st.gone_at is None:
+        st.completed = True
+    st.response_sent = _monotonic()
     return resp

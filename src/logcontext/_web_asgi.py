@@ -19,6 +19,7 @@ from ._web_common import (
     next_request_id,
     response_trace_headers,
     start_server_span,
+    tracing_loaded,
 )
 
 __all__ = ["LogContextMiddleware"]
@@ -34,19 +35,16 @@ logger = logging.getLogger("logcontext.web")
 _ERROR_BODY = b"Internal Server Error"
 
 
-def _route_name(scope: Scope) -> Callable[[], str | None]:
-    def get() -> str | None:
-        route = scope.get("route")
-        if route is not None:
-            name = getattr(route, "name", None)
-            if isinstance(name, str) and name:
-                return name
-            path = getattr(route, "path", None)
-            if isinstance(path, str) and path:
-                return path
-        return None
-
-    return get
+def _route_name(scope: Scope) -> str | None:
+    route = scope.get("route")
+    if route is not None:
+        name = getattr(route, "name", None)
+        if isinstance(name, str) and name:
+            return name
+        path = getattr(route, "path", None)
+        if isinstance(path, str) and path:
+            return path
+    return None
 
 
 class LogContextMiddleware:
@@ -131,7 +129,8 @@ class LogContextMiddleware:
             peer=client[0] if client else None,
             headers_get=hget,
             scheme=str(scope.get("scheme", "http")),
-            route=_route_name(scope),
+            route=scope,
+            route_fn=_route_name,
         )
         id_header = self._id_header
 
@@ -149,8 +148,9 @@ class LogContextMiddleware:
                 st.response_started = True
                 out = [(k, v) for k, v in (message.get("headers") or ()) if k.lower() != id_header]
                 out.append((id_header, st.request_id_value.encode("latin-1")))
-                for hk, hv in response_trace_headers().items():
-                    out.append((hk.lower().encode("latin-1"), hv.encode("latin-1")))
+                if st.traced:
+                    for hk, hv in response_trace_headers().items():
+                        out.append((hk.lower().encode("latin-1"), hv.encode("latin-1")))
                 message = {**message, "headers": out}
                 await send(message)
             elif kind == "http.response.body":
@@ -170,7 +170,8 @@ class LogContextMiddleware:
             token = _CURRENT.set(st)
             try:
                 st.begin()
-                scope_cm = start_server_span(st, headers)
+                scope_cm = start_server_span(st, headers) if tracing_loaded() else None
+                st.traced = scope_cm is not None
                 try:
                     try:
                         await self.app(scope, wrapped_receive, wrapped_send)

@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from logcontext import ContextRequest, ContextResourceUsage, LoggingContext
+from logcontext import ContextRequest, ContextResourceUsage, LoggingContext, _config
 
 from . import _bgmetrics
 from ._access import AccessRecord, access_logger, check_access_line_format, format_access_line
@@ -168,6 +168,7 @@ class RequestState:
 
     __slots__ = (
         "_route",
+        "_route_fn",
         "bytes_sent",
         "cancelled",
         "completed",
@@ -175,6 +176,7 @@ class RequestState:
         "echo_id",
         "gone_at",
         "handler_finished",
+        "logger",
         "method",
         "opts",
         "path",
@@ -189,6 +191,7 @@ class RequestState:
         "server_name",
         "servlet",
         "status",
+        "traced",
     )
 
     def __init__(
@@ -202,7 +205,8 @@ class RequestState:
         peer: str | None,
         headers_get: Callable[[str], str | None],
         scheme: str,
-        route: Callable[[], str | None] | None = None,
+        route: Any = None,
+        route_fn: Callable[[Any], str | None] | None = None,
     ) -> None:
         self.received = _monotonic()
         self.received_ts = _time()
@@ -227,10 +231,13 @@ class RequestState:
             protocol,
             headers_get("User-Agent") or "-",
         )
-        self.ctx = ctx = LoggingContext(name, server_name=opts.server_name, request=req)
-        self.server_name = ctx.server_name
+        self.ctx = LoggingContext(name, server_name=opts.server_name, request=req)
+        self.server_name = opts.server_name or _config.config.default_server_name
         self.servlet: str | None = None
         self._route = route
+        self._route_fn = route_fn
+        self.traced = False
+        self.logger = access_logger(scheme, opts.site_tag)
         self.handler_finished: float | None = None
         self.response_sent: float | None = None
         self.response_started = False
@@ -253,9 +260,10 @@ class RequestState:
         s = self.servlet
         if s is not None:
             return s
-        if self._route is not None:
+        fn = self._route_fn
+        if fn is not None:
             try:
-                r = self._route()
+                r = fn(self._route)
             except Exception:
                 r = None
             if r:
@@ -266,7 +274,7 @@ class RequestState:
 
     def begin(self) -> None:
         """Inside the request context: arrival line, in-flight metrics."""
-        lg = access_logger(self.scheme, self.opts.site_tag)
+        lg = self.logger
         if lg.isEnabledFor(logging.DEBUG):
             req = self.request
             lg.debug(
@@ -324,13 +332,13 @@ class RequestState:
         status = self.status
         code = "499" if cancelled else ("0" if status is None else str(status))
         quiet = self.method == "OPTIONS" or self.path in self.opts.quiet_paths
-        lg = access_logger(self.scheme, self.opts.site_tag)
+        lg = self.logger
         if lg.isEnabledFor(logging.DEBUG if quiet else logging.INFO):
             try:
                 self._log_access(lg, quiet, handler_finished, end)
             except Exception:
                 logger.exception("logcontext: failed to write the access line")
-        if self.ctx.span is not None:
+        if self.traced:
             _tracing_finish(self, code)
         m = _bgmetrics.active
         if m is not None:

@@ -189,6 +189,8 @@ class BlockChildren:
     txn_duration: Any
     sched: Any
     evts: Any
+    in_flight: set[Any]
+    """``Measure`` objects of this block running now (read by the in-flight gauges)."""
 
 
 @dataclass(slots=True)
@@ -291,7 +293,6 @@ class Metrics:
             "block_evt_db_fetch_count", "Events fetched from the database in blocks", bl
         )
         self._blocks: dict[tuple[str, str], BlockChildren] = {}
-        self.blocks_in_flight: dict[tuple[str, str], set[Any]] = {}
 
         # HTTP requests.
         ms = ("method", "servlet", "server_name")
@@ -368,27 +369,39 @@ class Metrics:
     # -- blocks ------------------------------------------------------------------------------
 
     def block(self, block_name: str, server_name: str) -> BlockChildren:
-        """Cached children of every block family for (block_name, server_name)."""
+        """Cached children of every block family, and the in-flight set, for one block.
+
+        Past ``label_cap`` block names the ``__other__`` bundle is returned (and cached).
+        """
         key = (block_name, server_name)
         b = self._blocks.get(key)
         if b is not None:
             return b
         with self._lock:
             b = self._blocks.get(key)
-            if b is None:
-                b = BlockChildren(
-                    self.block_count.child(key),
-                    self.block_time.child(key),
-                    self.block_utime.child(key),
-                    self.block_stime.child(key),
-                    self.block_txn_count.child(key),
-                    self.block_txn_duration.child(key),
-                    self.block_sched.child(key),
-                    self.block_evts.child(key),
-                )
-                # Beyond the cap the children are the __other__ ones; do not grow the cache.
-                if len(self._blocks) < self.label_cap:
-                    self._blocks[key] = b
+            if b is not None:
+                return b
+            if len(self._blocks) >= self.label_cap:
+                folded = (OTHER, server_name)
+                if ("block_name", "server_name") not in self._cap_reported:
+                    self._cap_reported.add(("block_name", "server_name"))
+                    _report_cardinality(self.names["block_count"], self.label_cap, key)
+                b = self._blocks.get(folded)
+                if b is not None:
+                    return b
+                key = folded
+            b = BlockChildren(
+                self.block_count.child(key),
+                self.block_time.child(key),
+                self.block_utime.child(key),
+                self.block_stime.child(key),
+                self.block_txn_count.child(key),
+                self.block_txn_duration.child(key),
+                self.block_sched.child(key),
+                self.block_evts.child(key),
+                set(),
+            )
+            self._blocks[key] = b
             return b
 
     # -- HTTP requests -----------------------------------------------------------------------
@@ -510,8 +523,8 @@ class Metrics:
             "Summed run time of in-flight Measure blocks",
             labels=["block_name", "server_name"],
         )
-        for key, members in list(self.blocks_in_flight.items()):
-            starts = [m.start for m in members.copy()]
+        for key, b in list(self._blocks.items()):
+            starts = [m.start for m in b.in_flight.copy()]
             if not starts:
                 continue
             ages = [now - s for s in starts]
