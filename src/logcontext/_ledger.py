@@ -376,6 +376,25 @@ def _charge_one(led: Ledger, ctx: Any, ns: int) -> None:
     ctx._charge_ns(ns, 0)
 
 
+def settle(current: Any) -> None:
+    """Checkpoint this thread to ``current`` and charge everything pending (close the window).
+
+    Called when an event loop run ends, so ``lazy`` leftovers and pending charges do not
+    linger until some unrelated later checkpoint.
+    """
+    led = get_ledger()
+    if not _clock._metering:
+        led.charged = current
+        return
+    switch(led, current)
+    if led.fast and led.flags_gen == _clock._generation and (led.pend or led.fast == 2):
+        now = led.wall() if led.fast == 2 else led.clk()
+        if led.fast == 2 and led.charged is not _SENTINEL:
+            led.pend[led.charged] += now - led.wlast
+            led.wlast = now
+        close_window(led, now)
+
+
 def _flush_exact(led: Ledger) -> list[tuple[Any, int, int]]:
     """Charge the exactly measured pending CPU of the fast path."""
     pend = led.pend

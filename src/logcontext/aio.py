@@ -401,8 +401,11 @@ def run(
     if not asyncio.iscoroutine(main):
         raise TypeError(f"a coroutine was expected, got {main!r}")
     factory = _loop_factory_of(loop_factory or asyncio.new_event_loop)
-    with asyncio.Runner(debug=debug, loop_factory=factory) as runner:
-        return runner.run(main)
+    try:
+        with asyncio.Runner(debug=debug, loop_factory=factory) as runner:
+            return runner.run(main)
+    finally:
+        _ledger.settle(current_context())
 
 
 _loop_factory_of = loop_factory

@@ -168,3 +168,18 @@ def test_thread_workers_do_not_see_each_others_contexts(step_mode: str) -> None:
 
     aio.run(main())
     assert set(results["r1"]) == {"r1"} and set(results["r2"]) == {"r2"}
+
+
+def test_run_settles_the_ledger(step_mode: str) -> None:
+    """When aio.run returns, this thread charges the caller's context again and nothing is left
+    pending (lazy mode leaves the last step's context charged inside the loop)."""
+
+    async def main() -> None:
+        with LoggingContext("last"):
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+
+    aio.run(main())
+    led = _ledger.get_ledger()
+    assert led.charged is SENTINEL_CONTEXT
+    assert not led.pend
