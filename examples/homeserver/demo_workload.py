@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -209,11 +210,16 @@ def _member_key(user: str) -> tuple[str, str]:
     return ("m.room.member", user)
 
 
-def build_room(index: int, version: str, members: int, forks: int, ts: int = 1_700_000_000_000) -> RoomPlan:
-    """The events of room ``index`` and the state after each of its ``forks`` branches."""
+def build_room(
+    index: int, version: str, members: int, forks: int, ts: int = 1_700_000_000_000, *, tag: str = ""
+) -> RoomPlan:
+    """The events of room ``index`` and the state after each of its ``forks`` branches.
+
+    ``tag`` prefixes the room's local ID and its event IDs (runs sharing a database use a new one).
+    """
     if not 2 <= forks <= 4:
         raise ValueError(f"forks must be 2..4, got {forks!r}")
-    b = _RoomBuilder(f"room{index}", version, ts)
+    b = _RoomBuilder(f"{tag}room{index}", version, ts)
     alice, bob, carol, dave = (_user(n) for n in ("alice", "bob", "carol", "dave"))
     state: dict[tuple[str, str], str] = {}
     create = b.create(alice)
@@ -285,11 +291,12 @@ def build_room(index: int, version: str, members: int, forks: int, ts: int = 1_7
     return RoomPlan(b.room_id, version, base, branches, state_sets)
 
 
-def _invite(index: int, version: str) -> tuple[str, str, dict[str, Any]]:
-    room_id = f"!invite{index}:{REMOTE}"
+def _invite(index: int, tag: str = "") -> tuple[str, str, dict[str, Any]]:
+    local = f"{tag}invite{index}"
+    room_id = f"!{local}:{REMOTE}"
     target = _user(f"invitee{index}")
     event = {
-        "event_id": f"$invite{index}",
+        "event_id": f"${local}",
         "room_id": room_id,
         "type": "m.room.member",
         "state_key": target,
@@ -297,8 +304,8 @@ def _invite(index: int, version: str) -> tuple[str, str, dict[str, Any]]:
         "content": {"membership": "invite", "displayname": f"invitee {index}"},
         "origin_server_ts": 1_700_000_000_000 + index,
         "depth": 7,
-        "auth_events": [f"$invite{index}-create", f"$invite{index}-pl", f"$invite{index}-inviter"],
-        "prev_events": [f"$invite{index}-prev"],
+        "auth_events": [f"${local}-create", f"${local}-pl", f"${local}-inviter"],
+        "prev_events": [f"${local}-prev"],
         "hashes": {},
         "signatures": {},
     }
@@ -354,19 +361,27 @@ def _state_set_json(s: dict[tuple[str, str], str]) -> list[list[str]]:
     return [[t, k, e] for (t, k), e in sorted(s.items())]
 
 
-def build_plan(size: WorkloadSize, *, seed: int = 0) -> Plan:
-    """All requests of one run, deterministic for ``seed``.
+_TAG = re.compile(r"[a-z0-9]{0,16}")
+
+
+def build_plan(size: WorkloadSize, *, seed: int = 0, tag: str = "") -> Plan:
+    """All requests of one run, deterministic for ``seed`` and ``tag``.
+
+    ``tag`` (up to 16 lower-case letters and digits) prefixes room and event IDs, so runs that
+    share a database do not collide.
 
     Phase 0 creates the rooms, receives the invites and makes half the device changes;
     phase 1 sends every room's branches concurrently and starts typing; phase 2 resolves
     each room's state, makes the other device changes and stops typing; phase 3 reads the
     invites back and checks their stored room version.
     """
+    if not isinstance(tag, str) or not _TAG.fullmatch(tag):
+        raise ValueError(f"tag must be up to 16 lower-case letters and digits, got {tag!r}")
     rng = random.Random(seed)
     plan = Plan()
     add = plan.requests.append
     for i in range(size.rooms):
-        room = build_room(i, ROOM_VERSIONS[i % len(ROOM_VERSIONS)], size.members, size.forks)
+        room = build_room(i, ROOM_VERSIONS[i % len(ROOM_VERSIONS)], size.members, size.forks, tag=tag)
         plan.rooms.append(room)
         rid = quote(room.room_id, safe="")
         add(
@@ -402,7 +417,7 @@ def build_plan(size: WorkloadSize, *, seed: int = 0) -> Plan:
         )
     for i in range(size.invites):
         version = INVITE_VERSIONS[i % len(INVITE_VERSIONS)]
-        room_id, target, event = _invite(i, version)
+        room_id, target, event = _invite(i, tag)
         plan.invites[(room_id, target)] = version
         rid, eid = quote(room_id, safe=""), quote(event["event_id"], safe="")
         add(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -33,7 +34,7 @@ from homeserver.state import InMemoryEventSource, ResolveOptions, resolve_state,
 def test_plan_is_deterministic_and_bounded() -> None:
     """The same seed gives the same requests; the counts follow the size."""
     size = SIZES["small"]
-    a, b = build_plan(size, seed=3), build_plan(size, seed=3)
+    a, b = build_plan(size, seed=3, tag="x1"), build_plan(size, seed=3, tag="x1")
     assert [(r.method, r.path, r.body) for r in a.requests] == [
         (r.method, r.path, r.body) for r in b.requests
     ]
@@ -75,6 +76,8 @@ def test_workload_size_rejects_bad_values() -> None:
         WorkloadSize(rooms=1, members=1, forks=5, invites=0, device_changes=0, typing=0)
     with pytest.raises(ValueError, match="rooms"):
         WorkloadSize(rooms=-1, members=1, forks=2, invites=0, device_changes=0, typing=0)
+    with pytest.raises(ValueError, match="tag"):
+        build_plan(SIZES["small"], tag="Bad Tag")
 
 
 # -- aggregation and the replication check ------------------------------------------------------
@@ -271,7 +274,7 @@ async def test_invite_route_keeps_room_version(main_url: str) -> None:
     import aiohttp
     from homeserver.demo_workload import _invite
 
-    room_id, target, event = _invite(7, "9")
+    room_id, target, event = _invite(7)
     base = f"{main_url}/_hs/federation/invite/%21invite7%3Aremote.example"
     async with aiohttp.ClientSession() as s:
         async with s.put(f"{base}/%24invite7", json={"room_version": "9", "event": event}) as r:
@@ -306,7 +309,7 @@ def _run_demo(out: Path, *extra: str, env: dict[str, str] | None = None) -> subp
             "--size",
             "small",
             "--rooms",
-            "2",
+            "1",
             "--no-progress",
             "--timeout",
             "60",
@@ -360,9 +363,10 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     devices += db.execute("SELECT COUNT(*) FROM device_lists_outbound_pokes").fetchone()[0]
     events = db.execute("SELECT COUNT(*) FROM event_stream").fetchone()[0]
     events += db.execute("SELECT COUNT(*) FROM event_stream_state_deltas").fetchone()[0]
-    invites = dict(db.execute("SELECT room_id, room_version FROM rooms WHERE room_id LIKE '!invite%'"))
+    invites = dict(db.execute("SELECT room_id, room_version FROM rooms WHERE room_id LIKE '%invite%'"))
     db.close()
-    plan = build_plan(WorkloadSize(**{**SIZES["small"].__dict__, "rooms": 2}))
+    summary = json.loads((out / "summary.json").read_text("utf-8"))
+    plan = build_plan(WorkloadSize(**{**SIZES["small"].__dict__, "rooms": 1}), tag=summary["tag"])
     assert invites == {room: version for (room, _), version in plan.invites.items()}
     assert devices > 0 and events > 0
     status = json.loads((out / "status.json").read_text("utf-8"))
@@ -374,7 +378,6 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
             rows[d["stream"]] += len(d["rows"])
         assert (rows["events"], rows["device_lists"]) == (events, devices), w
         assert status["workers"][w]["positions"]["events"]["master"] == status["main"]["positions"]["events"]
-    summary = json.loads((out / "summary.json").read_text("utf-8"))
     assert summary["workload"]["failed"] == 0 and summary["workload"]["ok"] == summary["workload"]["sent"]
     assert 0 <= summary["unattributed_share"] < 1
     assert summary["top_by_cpu"] and summary["metrics_families"] > 0
@@ -397,20 +400,71 @@ def _missing_service(why: str) -> None:
     pytest.skip(why)
 
 
+@contextlib.contextmanager
+def _otlp_collector() -> Iterator[tuple[str, list[tuple[str, str]]]]:
+    """A minimal OTLP/HTTP trace receiver: yields its endpoint and the (service, span name) pairs."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    received: list[tuple[str, str]] = []
+
+    class Collector(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            if self.path == "/v1/traces":
+                req = ExportTraceServiceRequest()
+                req.ParseFromString(body)
+                for rs in req.resource_spans:
+                    attrs = {a.key: a.value.string_value for a in rs.resource.attributes}
+                    for ss in rs.scope_spans:
+                        received.extend((attrs.get("service.name", ""), sp.name) for sp in ss.spans)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_demo_on_postgres(tmp_path: Path, pg_dsn: str) -> None:
-    """With --postgres the three processes share a PostgreSQL database and the checks still pass."""
+    """--postgres: the processes share the database; a second run on it passes and exports over OTLP."""
     from _pg import make_database
     from psycopg.conninfo import conninfo_to_dict
 
     d = conninfo_to_dict(make_database(pg_dsn))
     url = f"postgresql://{d.get('user', 'postgres')}@{d['host']}:{d['port']}/{d['dbname']}"
-    proc = _run_demo(tmp_path / "out", "--postgres", url)
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    proc = _run_demo(out, "--postgres", url, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text("utf-8"))
+    summary = json.loads((out / "summary.json").read_text("utf-8"))
     assert summary["replication_ok"] and summary["workload"]["failed"] == 0
-    assert "PostgreSQL" in proc.stdout and not (tmp_path / "out" / "homeserver.db").exists()
+    assert "PostgreSQL" in proc.stdout and not (out / "homeserver.db").exists()
+    # A second run on the same database, exporting its spans over OTLP instead of span files.
+    with _otlp_collector() as (endpoint, received):
+        proc = _run_demo(out, "--postgres", url, env={**env, "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    status = json.loads((out / "status.json").read_text("utf-8"))
+    assert status["replication"]["ok"]
+    assert "Traces: OTLP to http://127.0.0.1:" in proc.stdout
+    assert not list(out.glob("spans-*.jsonl"))
+    assert {svc for svc, _ in received} == {"main", "worker1", "worker2"}
+    assert ("main", "POST RoomStateResolutionServlet") in received
+    assert status["main"]["baseline"]["events"] > 0
 
 
 @pytest.fixture
@@ -459,53 +513,6 @@ def test_demo_over_redis(tmp_path: Path, redis_server: str) -> None:
     assert status["replication"]["ok"]
     for w in ("worker1", "worker2"):
         assert status["replication"]["workers"][w]["device_lists"]["received"] > 0
-
-
-@pytest.mark.slow
-def test_demo_exports_over_otlp(tmp_path: Path) -> None:
-    """With OTEL_EXPORTER_OTLP_ENDPOINT set, each process's spans arrive over OTLP/HTTP, not in files."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
-    received: list[tuple[str, str]] = []
-
-    class Collector(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            if self.path == "/v1/traces":
-                req = ExportTraceServiceRequest()
-                req.ParseFromString(body)
-                for rs in req.resource_spans:
-                    svc = next(
-                        a.value.string_value for a in rs.resource.attributes if a.key == "service.name"
-                    )
-                    for ss in rs.scope_spans:
-                        received.extend((svc, sp.name) for sp in ss.spans)
-            self.send_response(200)
-            self.send_header("Content-Type", "application/x-protobuf")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Collector)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{server.server_address[1]}"
-        proc = _run_demo(tmp_path / "out", env=env)
-    finally:
-        server.shutdown()
-        server.server_close()
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert "Traces: OTLP to http://127.0.0.1:" in proc.stdout
-    assert not list((tmp_path / "out").glob("spans-*.jsonl"))
-    assert {svc for svc, _ in received} == {"main", "worker1", "worker2"}
-    assert ("main", "POST RoomStateResolutionServlet") in received
 
 
 def test_observability_launcher_refuses_bad_input(tmp_path: Path) -> None:

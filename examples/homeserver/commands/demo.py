@@ -55,7 +55,8 @@ _OWN_PATTERNS = (
     "access-*.jsonl",
     "spans-*.jsonl",
     "usage-*.json",
-    "*.log",
+    "main*.log",
+    "worker*.log",
     "worker*-rows.jsonl",
     "status.json",
     "summary.json",
@@ -212,7 +213,7 @@ def _supports_log_dir() -> bool:
     for mod in (main_process, worker):
         p = argparse.ArgumentParser()
         mod.add_arguments(p)
-        if "--log-dir" not in p._option_string_actions:
+        if "--log-dir" not in p.format_help():
             return False
     return True
 
@@ -255,7 +256,8 @@ def _db_tokens(dsn: str, baseline: dict[str, int], final: dict[str, int]) -> dic
     if dsn.startswith("sqlite:///"):
         import sqlite3
 
-        conn: Any = sqlite3.connect(f"file:{dsn[len('sqlite:///') :]}?mode=ro", uri=True)
+        uri = Path(dsn[len("sqlite:///") :]).resolve().as_uri() + "?mode=ro"
+        conn: Any = sqlite3.connect(uri, uri=True)
         p = "?"
     else:
         import psycopg
@@ -629,7 +631,7 @@ async def _drive(run: _Run, args: argparse.Namespace, console: Any, state: dict[
     size = SIZES[args.size]
     if args.rooms is not None:
         size = WorkloadSize(**{**size.__dict__, "rooms": args.rooms})
-    plan = build_plan(size, seed=args.seed)
+    plan = build_plan(size, seed=args.seed, tag=state["tag"])
     async with aiohttp.ClientSession() as session:
 
         async def workers_connected() -> bool:
@@ -738,7 +740,8 @@ def run(args: argparse.Namespace) -> int:
     if args.redis:
         common += ["--redis", args.redis, "--redis-prefix", f"demo{os.getpid()}:"]
     children: list[Child] = []
-    state: dict[str, Any] = {}
+    # Room and event IDs are new in every run, so runs can share a (PostgreSQL) database.
+    state: dict[str, Any] = {"tag": secrets.token_hex(4)}
     outcome: Any = None
     error: str | None = None
     console.print(
@@ -791,8 +794,10 @@ def run(args: argparse.Namespace) -> int:
             soft_wrap=True,
         )
         outcome = asyncio.run(_drive(_Run(main_http, worker_http, bool(args.redis)), args, console, state))
-    except (TimeoutError, RuntimeError, OSError) as e:
-        error = str(e) or type(e).__name__
+    except RuntimeError as e:
+        error = str(e)
+    except Exception as e:  # any failure: stop the processes, then say what happened
+        error = f"{type(e).__name__}: {e}"
     except KeyboardInterrupt:
         error = "interrupted"
     finally:
@@ -843,6 +848,7 @@ def run(args: argparse.Namespace) -> int:
             {
                 **summary.as_dict(args.top),
                 "wall_s": round(wall, 3),
+                "tag": state["tag"],
                 "workload": {
                     "sent": outcome.sent,
                     "ok": outcome.ok,
