@@ -97,19 +97,7 @@ class Measure:
         # The child has just exited (its CPU is booked at the exit checkpoint), so its totals
         # are final: read them without the snapshot machinery of get_resource_usage().
         usage = getattr(ctx, "_usage", None) or ctx.get_resource_usage()
-        b.count.inc()
-        b.time.inc(duration if duration > 0 else 0.0)
-        if usage.ru_utime > 0:
-            b.utime.inc(usage.ru_utime)
-        if usage.ru_stime > 0:
-            b.stime.inc(usage.ru_stime)
-        if usage.db_txn_count > 0:
-            b.txn_count.inc(usage.db_txn_count)
-            b.txn_duration.inc(max(usage.db_txn_duration_sec, 0.0))
-        if usage.db_sched_duration_sec > 0:
-            b.sched.inc(usage.db_sched_duration_sec)
-        if usage.evt_db_fetch_count > 0:
-            b.evts.inc(usage.evt_db_fetch_count)
+        b.add(duration, usage)
 
     def get_resource_usage(self) -> Any:
         """The block's usage so far (zeros before it was entered)."""

@@ -177,20 +177,68 @@ def _report_cardinality(name: str, cap: int, key: tuple[str, ...]) -> None:
     )
 
 
-@dataclass(slots=True)
-class BlockChildren:
-    """Cached children of the block families for one (block_name, server_name)."""
+class BlockStats:
+    """Running totals of one (block_name, server_name) block, exported at scrape time.
 
-    count: Any
-    time: Any
-    utime: Any
-    stime: Any
-    txn_count: Any
-    txn_duration: Any
-    sched: Any
-    evts: Any
-    in_flight: set[Any]
-    """``Measure`` objects of this block running now (read by the in-flight gauges)."""
+    ``Measure`` adds to plain fields under a lock (cheaper than several ``Counter.inc()``
+    calls); the collector turns them into counter families.
+    """
+
+    __slots__ = (
+        "count",
+        "evts",
+        "in_flight",
+        "lock",
+        "sched",
+        "stime",
+        "time",
+        "txn_count",
+        "txn_duration",
+        "utime",
+    )
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.count = 0
+        self.time = 0.0
+        self.utime = 0.0
+        self.stime = 0.0
+        self.txn_count = 0
+        self.txn_duration = 0.0
+        self.sched = 0.0
+        self.evts = 0
+        #: ``Measure`` objects of this block running now (read by the in-flight gauges).
+        self.in_flight: set[Any] = set()
+
+    def add(self, duration: float, u: ContextResourceUsage) -> None:
+        """Count one finished block of ``duration`` seconds with usage ``u`` (clamped)."""
+        with self.lock:
+            self.count += 1
+            if duration > 0:
+                self.time += duration
+            if u.ru_utime > 0:
+                self.utime += u.ru_utime
+            if u.ru_stime > 0:
+                self.stime += u.ru_stime
+            if u.db_txn_count > 0:
+                self.txn_count += u.db_txn_count
+                self.txn_duration += max(u.db_txn_duration_sec, 0.0)
+            if u.db_sched_duration_sec > 0:
+                self.sched += u.db_sched_duration_sec
+            if u.evt_db_fetch_count > 0:
+                self.evts += u.evt_db_fetch_count
+
+
+_BLOCK_FAMILIES: tuple[tuple[str, str, str], ...] = (
+    ("block_count", "count", "Measure blocks completed"),
+    ("block_time_seconds", "time", "Wall time in Measure blocks"),
+    ("block_ru_utime_seconds", "utime", "CPU charged to Measure blocks, user"),
+    ("block_ru_stime_seconds", "stime", "CPU charged to Measure blocks, system"),
+    ("block_db_txn_count", "txn_count", "Database transactions in Measure blocks"),
+    ("block_db_txn_duration_seconds", "txn_duration", "Time in database transactions in blocks"),
+    ("block_db_sched_duration_seconds", "sched", "Time waiting for a database connection"),
+    ("block_evt_db_fetch_count", "evts", "Events fetched from the database in blocks"),
+)
 
 
 @dataclass(slots=True)
@@ -272,27 +320,9 @@ class Metrics:
 
         self.names: dict[str, str] = {k: name(k) for k in FAMILY_KEYS}
 
-        # Blocks (Measure).
-        bl = ("block_name", "server_name")
-        self.block_count = counter("block_count", "Measure blocks completed", bl)
-        self.block_time = counter("block_time_seconds", "Wall time in Measure blocks", bl)
-        self.block_utime = counter(
-            "block_ru_utime_seconds", f"CPU charged to Measure blocks, user ({clock})", bl
-        )
-        self.block_stime = counter(
-            "block_ru_stime_seconds", f"CPU charged to Measure blocks, system ({clock})", bl
-        )
-        self.block_txn_count = counter("block_db_txn_count", "Database transactions in Measure blocks", bl)
-        self.block_txn_duration = counter(
-            "block_db_txn_duration_seconds", "Time in database transactions in blocks", bl
-        )
-        self.block_sched = counter(
-            "block_db_sched_duration_seconds", "Time waiting for a database connection", bl
-        )
-        self.block_evts = counter(
-            "block_evt_db_fetch_count", "Events fetched from the database in blocks", bl
-        )
-        self._blocks: dict[tuple[str, str], BlockChildren] = {}
+        # Blocks (Measure): totals kept in BlockStats, exported by the collector.
+        self._blocks: dict[tuple[str, str], BlockStats] = {}
+        self._real_blocks = 0
 
         # HTTP requests.
         ms = ("method", "servlet", "server_name")
@@ -368,11 +398,8 @@ class Metrics:
 
     # -- blocks ------------------------------------------------------------------------------
 
-    def block(self, block_name: str, server_name: str) -> BlockChildren:
-        """Cached children of every block family, and the in-flight set, for one block.
-
-        Past ``label_cap`` block names the ``__other__`` bundle is returned (and cached).
-        """
+    def block(self, block_name: str, server_name: str) -> BlockStats:
+        """The totals and in-flight set of one block (``__other__`` past ``label_cap``)."""
         key = (block_name, server_name)
         b = self._blocks.get(key)
         if b is not None:
@@ -381,27 +408,17 @@ class Metrics:
             b = self._blocks.get(key)
             if b is not None:
                 return b
-            if len(self._blocks) >= self.label_cap:
-                folded = (OTHER, server_name)
+            if self._real_blocks >= self.label_cap:
                 if ("block_name", "server_name") not in self._cap_reported:
                     self._cap_reported.add(("block_name", "server_name"))
                     _report_cardinality(self.names["block_count"], self.label_cap, key)
-                b = self._blocks.get(folded)
+                key = (OTHER, server_name)
+                b = self._blocks.get(key)
                 if b is not None:
                     return b
-                key = folded
-            b = BlockChildren(
-                self.block_count.child(key),
-                self.block_time.child(key),
-                self.block_utime.child(key),
-                self.block_stime.child(key),
-                self.block_txn_count.child(key),
-                self.block_txn_duration.child(key),
-                self.block_sched.child(key),
-                self.block_evts.child(key),
-                set(),
-            )
-            self._blocks[key] = b
+            b = self._blocks[key] = BlockStats()
+            if key[0] != OTHER:
+                self._real_blocks += 1
             return b
 
     # -- HTTP requests -----------------------------------------------------------------------
@@ -510,6 +527,19 @@ class Metrics:
 
         n = self.names
         now = time.monotonic()
+        clock_note = f" (clock mode {config.clock_mode})"
+        blocks = list(self._blocks.items())
+        for fam_key, attr, doc in _BLOCK_FAMILIES:
+            fam = CounterMetricFamily(
+                n[fam_key],
+                doc + (clock_note if "CPU" in doc else ""),
+                labels=["block_name", "server_name"],
+            )
+            for (bname, server), b in blocks:
+                with b.lock:
+                    v = getattr(b, attr)
+                fam.add_metric([bname, server], v)
+            yield fam
         g_count = GaugeMetricFamily(
             n["block_in_flight"], "Measure blocks in flight", labels=["block_name", "server_name"]
         )
@@ -523,7 +553,7 @@ class Metrics:
             "Summed run time of in-flight Measure blocks",
             labels=["block_name", "server_name"],
         )
-        for key, b in list(self._blocks.items()):
+        for key, b in blocks:
             starts = [m.start for m in b.in_flight.copy()]
             if not starts:
                 continue
@@ -641,6 +671,7 @@ class _Collector(Collector):
         ):
             yield GaugeMetricFamily(n[key], "")
         for key in (
+            *(k for k, _, _ in _BLOCK_FAMILIES),
             "cpu_attributed_seconds",
             "cpu_unattributed_seconds",
             "context_late_cpu_seconds",
