@@ -929,20 +929,22 @@ class _RequestRun:
         from . import _web_common
 
         st = self.st
+        request = self.request
         st.ctx.__enter__()
         _web_common._CURRENT.set(st)
-        headers = {
-            bytes(k).decode("latin-1").lower(): bytes(v[-1]).decode("latin-1")
-            for k, v in self.request.requestHeaders.getAllRawHeaders()
-            if v
-        }
-        self.scope = _web_common.start_server_span(st, headers)
         st.begin()
-        if st.opts.echo_request_id:
-            self.request.setHeader(st.opts.request_id_header, st.request_id_value)
-        for k, v in _web_common.response_trace_headers().items():
-            self.request.setHeader(k, v)
-        request = self.request
+        if _web_common.tracing_loaded():
+            headers = {
+                bytes(k).decode("latin-1").lower(): bytes(v[-1]).decode("latin-1")
+                for k, v in request.requestHeaders.getAllRawHeaders()
+                if v
+            }
+            self.scope = _web_common.start_server_span(st, headers)
+        st.traced = self.scope is not None
+        request.setHeader(st.opts.request_id_header, st.request_id_value)
+        if st.traced:
+            for k, v in _web_common.response_trace_headers().items():
+                request.setHeader(k, v)
         try:
             child = _get_child_for_request(self.res.wrapped, request)
             return child.render(request)

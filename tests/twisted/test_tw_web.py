@@ -54,6 +54,7 @@ def test_request_gets_parentless_context_and_one_access_line(
     assert ' 5B 200 "GET /hello?access_token=<redacted>&x=1 HTTP/1.1" "lc-test/1" [0 dbevts]' in msg
     assert lines[0].request == rid  # type: ignore[attr-defined]
     assert b"hello" in client.transport.value()
+    assert f"X-Request-Id: {rid}".encode() in client.transport.value()
 
 
 def test_async_render_keeps_context_until_finish(
