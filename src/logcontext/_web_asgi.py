@@ -103,15 +103,25 @@ class LogContextMiddleware:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         opts = self.options
-        raw_headers: list[tuple[bytes, bytes]] = list(scope.get("headers") or ())
+        raw_headers: Iterable[tuple[bytes, bytes]] = scope.get("headers") or ()
+        traced = tracing_loaded()
         headers: dict[str, str] = {}
-        for k, v in raw_headers:
-            name = k.decode("latin-1").lower()
-            if name not in headers:
-                headers[name] = v.decode("latin-1")
+        if traced:
+            # The tracing extractors want every header.
+            for k, v in raw_headers:
+                name = k.decode("latin-1").lower()
+                if name not in headers:
+                    headers[name] = v.decode("latin-1")
 
         def hget(name: str) -> str | None:
-            return headers.get(name.lower())
+            if traced:
+                return headers.get(name.lower())
+            # ASGI header names are lowercase bytes: scan for the few we need.
+            want = name.lower().encode("latin-1")
+            for k, v in raw_headers:
+                if k == want:
+                    return v.decode("latin-1")
+            return None
 
         raw_path = scope.get("raw_path")
         path = scope.get("path") or "/"
@@ -170,7 +180,7 @@ class LogContextMiddleware:
             token = _CURRENT.set(st)
             try:
                 st.begin()
-                scope_cm = start_server_span(st, headers) if tracing_loaded() else None
+                scope_cm = start_server_span(st, headers) if traced else None
                 st.traced = scope_cm is not None
                 try:
                     try:
