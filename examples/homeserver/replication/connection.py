@@ -124,6 +124,7 @@ class ReplicationConnection(asyncio.Protocol):
         self.all_synced_once = False
         self.on_all_synced: Callable[[], None] | None = None
         self.context: Any = None
+        self._counts = {}
 
     # -- identity --------------------------------------------------------------------
 
@@ -178,10 +179,16 @@ class ReplicationConnection(asyncio.Protocol):
         buf = self._buf + data if self._buf else data
         lines = buf.split(b"\n")
         self._buf = lines.pop()
-        for raw in lines:
-            if self.state is ConnState.CLOSED:
-                return
-            self._line_received(raw)
+        self._counts: dict[str, int] = {}
+        try:
+            for raw in lines:
+                if self.state is ConnState.CLOSED:
+                    return
+                self._line_received(raw)
+        finally:
+            stats = self.handler.stats
+            for name, n in self._counts.items():  # counted once per read, not per line
+                stats.inc("commands_in", name, self.peer_name, amount=n)
         if len(self._buf) > MAX_LINE_BYTES and self.state is not ConnState.CLOSED:
             self._buf = b""
             self.send_error("Line length exceeded", reason="line_length")
@@ -201,7 +208,8 @@ class ReplicationConnection(asyncio.Protocol):
             if cmd.NAME not in allowed:
                 raise ProtocolError(f"invalid command: {cmd.NAME}")
             self.last_received = time.monotonic()
-            self.handler.stats.inc("commands_in", cmd.NAME, self.peer_name)
+            counts = self._counts
+            counts[cmd.NAME] = counts.get(cmd.NAME, 0) + 1
             self._dispatch(cmd)
         except UnicodeDecodeError:
             self.send_error("invalid UTF-8", reason="parse")

@@ -137,6 +137,7 @@ class ReplicationHandler:
         self.publish: Callable[[Command], None] | None = None
         self.publish_bytes: Callable[[bytes, int], None] | None = None
         self._stopping = False
+        self._live_rows: dict[Key, int] = {}
 
     # -- connection registry ---------------------------------------------------------
 
@@ -213,14 +214,15 @@ class ReplicationHandler:
                 logger.debug("Discarding redundant POSITION %s/%s %s", *key, cmd.new)
                 return
         if seen is not None and seen > self.highest_seen.get(key, -1):
-            self.highest_seen[key] = seen
-            self._update_lag(key)
+            self.highest_seen[key] = seen  # the lag gauge is refreshed on delivery
         q = self._queue(cmd.stream)
-        if len(q.items) >= self.config.inbound_bound:
+        n = len(q.items)
+        if n >= self.config.inbound_bound:
             self._overflow(cmd.stream, conn)
             return
         q.items.append((cmd, conn))
-        self.stats.set("queue", cmd.stream, value=len(q.items))
+        if not n & 63:  # the queue gauge is sampled, not updated per command
+            self.stats.set("queue", cmd.stream, value=n + 1)
         q.wakeup.set()
 
     def _overflow(self, stream_name: str, conn: Conn) -> None:
@@ -265,13 +267,20 @@ class ReplicationHandler:
 
     async def _consume(self, stream_name: str) -> None:
         q = self._queues[stream_name]
+        processed = 0
         while not self._stopping:
             if not q.items:
+                if self._live_rows:
+                    self._flush_live_stats()
                 q.wakeup.clear()
                 await q.wakeup.wait()
                 continue
+            processed += 1
+            if not processed & 255 and self._live_rows:
+                self._flush_live_stats()
             cmd, conn = q.items.popleft()
-            self.stats.set("queue", stream_name, value=len(q.items))
+            if not q.items or not len(q.items) & 63:
+                self.stats.set("queue", stream_name, value=len(q.items))
             try:
                 if isinstance(cmd, PositionCommand):
                     with _instrument.logging_context(f"replication-POSITION-{stream_name}"):
@@ -383,29 +392,27 @@ class ReplicationHandler:
                         },
                     ) as sp,
                 ):
-                    missing = True
-                    while missing:
-                        cur = self.cur[key]
-                        logger.debug(
-                            "Fetching replication rows for '%s'/%s between %s and %s",
-                            stream.name,
-                            instance,
-                            cur,
-                            target,
-                        )
-                        with _instrument.span("replication.catch_up.page"):
-                            updates, upto, limited = await stream.get_updates_since(
-                                instance, cur, target, self.config.target_rows
-                            )
-                        pages += 1
-                        for token, rows in token_groups(updates):
-                            if token <= self.cur[key]:
-                                continue
-                            self._deliver(key, token, rows, "catch_up")
-                            rows_total += len(rows)
-                        if upto > self.cur[key]:
-                            self.cur[key] = upto
-                        missing = limited
+                    # Page k+1 is fetched while page k is applied (it starts at page
+                    # k's end whatever happens to the rows); a failure discards it.
+                    fetch = asyncio.ensure_future(self._fetch_page(stream, instance, self.cur[key], target))
+                    try:
+                        while True:
+                            updates, upto, limited = await fetch
+                            pages += 1
+                            if limited:
+                                fetch = asyncio.ensure_future(
+                                    self._fetch_page(stream, instance, upto, target)
+                                )
+                            rows_total += self._deliver_page(key, updates)
+                            if upto > self.cur[key]:
+                                self.cur[key] = upto
+                            self._update_lag(key)
+                            self._wake(key)
+                            if not limited:
+                                break
+                    finally:
+                        if not fetch.done():
+                            fetch.cancel()
                     if sp is not None:
                         sp.set_attribute("pages", pages)
                         sp.set_attribute("rows", rows_total)
@@ -431,13 +438,49 @@ class ReplicationHandler:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.config.catch_up_backoff_max)
 
+    async def _fetch_page(
+        self, stream: Stream, instance: str, frm: int, target: int
+    ) -> tuple[list[tuple[int, Row]], int, bool]:
+        logger.debug(
+            "Fetching replication rows for '%s'/%s between %s and %s", stream.name, instance, frm, target
+        )
+        with _instrument.span("replication.catch_up.page", {"from": frm, "to": target}):
+            return await stream.get_updates_since(instance, frm, target, self.config.target_rows)
+
+    def _deliver_page(self, key: Key, updates: list[tuple[int, Row]]) -> int:
+        """Apply a fetched page token group by token group; metrics once per page."""
+        on_rows = self.consumer.on_rows
+        stream, instance = key
+        cur = self.cur
+        n = 0
+        try:
+            for token, rows in token_groups(updates):
+                if token <= cur[key]:
+                    continue
+                on_rows(stream, instance, token, rows, "catch_up")
+                cur[key] = token  # rows applied, then the position
+                n += len(rows)
+        finally:
+            if n:
+                self.stats.inc("rows", stream, instance, "catch_up", amount=n)
+        return n
+
     def _deliver(self, key: Key, token: int, rows: list[Row], path: str) -> None:
-        """Apply rows, *then* advance ``cur``, *then* wake waiters (#14158)."""
+        """Apply rows, *then* advance ``cur``, *then* wake waiters (#14158).
+
+        Row counts and the lag gauge are flushed by the consumer loop when its
+        queue runs empty (or every 256 items), not per token.
+        """
         self.consumer.on_rows(key[0], key[1], token, rows, path)
         self.cur[key] = token
-        self.stats.inc("rows", key[0], key[1], path, amount=len(rows))
-        self._update_lag(key)
+        self._live_rows[key] = self._live_rows.get(key, 0) + len(rows)
         self._wake(key)
+
+    def _flush_live_stats(self) -> None:
+        pending, self._live_rows = self._live_rows, {}
+        for key, n in pending.items():
+            self.stats.inc("rows", key[0], key[1], "live", amount=n)
+            self._update_lag(key)
 
     def _process_rdata(self, cmd: RdataCommand, conn: Conn, q: _StreamQueue) -> None:
         key = (cmd.stream, cmd.instance)
@@ -454,11 +497,14 @@ class ReplicationHandler:
             self.stats.inc("dropped", cmd.stream, "stale")
             return
         try:
-            with _instrument.span(
-                "replication.recv.RDATA",
-                {"stream": cmd.stream, "instance": cmd.instance, "token": cmd.token, "rows": len(rows)},
-                _instrument.link_from_carrier(cmd.trace),
-            ):
+            if _instrument.tracing_on():
+                with _instrument.span(
+                    "replication.recv.RDATA",
+                    {"stream": cmd.stream, "instance": cmd.instance, "token": cmd.token, "rows": len(rows)},
+                    _instrument.link_from_carrier(cmd.trace),
+                ):
+                    self._deliver(key, cmd.token, rows, "live")
+            else:
                 self._deliver(key, cmd.token, rows, "live")
         except Exception:
             logger.exception("Consumer failed on %s/%s token %s", *key, cmd.token)

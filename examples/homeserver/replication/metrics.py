@@ -58,23 +58,33 @@ class Stats:
         self.counters: Counter[tuple[str, ...]] = Counter()
         self.gauges: dict[tuple[str, ...], float] = {}
         self._pm = prometheus_metrics()
+        self._children: dict[tuple[str, ...], Any] = {}
 
-    def inc(self, name: str, *labels: str, amount: float = 1) -> None:
-        self.counters[(name, *labels)] += amount  # type: ignore[assignment]
-        if self._pm is not None and name in self._pm:
+    def _child(self, name: str, labels: tuple[str, ...]) -> Any:
+        key = (name, *labels)
+        child = self._children.get(key)
+        if child is None and self._pm is not None and name in self._pm:
             metric = self._pm[name]
-            (metric.labels(*labels) if labels else metric).inc(amount)
+            child = self._children[key] = metric.labels(*labels) if labels else metric
+        return child
+
+    def inc(self, name: str, *labels: str, amount: int = 1) -> None:
+        self.counters[(name, *labels)] += amount
+        child = self._child(name, labels)
+        if child is not None:
+            child.inc(amount)
 
     def set(self, name: str, *labels: str, value: float) -> None:
         self.gauges[(name, *labels)] = value
-        if self._pm is not None and name in self._pm:
-            metric = self._pm[name]
-            (metric.labels(*labels) if labels else metric).set(value)
+        child = self._child(name, labels)
+        if child is not None:
+            child.set(value)
 
     def observe(self, name: str, *labels: str, value: float) -> None:
         self.counters[(name + "_count", *labels)] += 1
-        if self._pm is not None and name in self._pm:
-            self._pm[name].labels(*labels).observe(value)
+        child = self._child(name, labels)
+        if child is not None:
+            child.observe(value)
 
     def dropped(self, stream: str, reason: str) -> int:
         """How many commands of ``stream`` were dropped for ``reason``."""

@@ -41,7 +41,6 @@ MAX_TOKEN = 2**63 - 1
 _NAME_RE = re.compile(r"[A-Z_]+")
 _STREAM_RE = re.compile(r"[a-z_]+")
 _INSTANCE_RE = re.compile(r"[\x21-\x7e]{1,128}")
-_TOKEN_RE = re.compile(r"0|[1-9][0-9]*")
 
 
 class ProtocolError(ValueError):
@@ -61,16 +60,19 @@ def encode_json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def decode_json(text: str) -> Any:
     """Parse JSON, refusing NaN and Infinity; errors become :class:`ProtocolError`."""
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return _DECODER.decode(text)
     except (ValueError, RecursionError) as e:
         raise ProtocolError(f"invalid JSON: {e}") from None
 
 
 def _token(text: str, what: str = "token") -> int:
-    if not _TOKEN_RE.fullmatch(text):
+    if not (text.isdigit() and text.isascii() and (text[0] != "0" or len(text) == 1)):
         raise ProtocolError(f"invalid {what}: {text[:40]!r}")
     value = int(text)
     if value > MAX_TOKEN:
@@ -78,15 +80,29 @@ def _token(text: str, what: str = "token") -> int:
     return value
 
 
+# Names already validated (bounded): the hot path then costs one set lookup.
+_valid_streams: set[str] = set()
+_valid_instances: set[str] = set()
+_CACHE_MAX = 1024
+
+
 def _stream(text: str) -> str:
+    if text in _valid_streams:
+        return text
     if not _STREAM_RE.fullmatch(text):
         raise ProtocolError(f"invalid stream name: {text[:40]!r}")
+    if len(_valid_streams) < _CACHE_MAX:
+        _valid_streams.add(text)
     return text
 
 
 def _instance(text: str, what: str = "instance name") -> str:
+    if text in _valid_instances:
+        return text
     if not _INSTANCE_RE.fullmatch(text):
         raise ProtocolError(f"invalid {what}: {text[:40]!r}")
+    if len(_valid_instances) < _CACHE_MAX:
+        _valid_instances.add(text)
     return text
 
 
@@ -287,6 +303,8 @@ def _parse_user_ip(rest: str) -> UserIpCommand:
 def parse_line(line: str) -> Command:
     """Parse one line (no ``\\n``; one trailing ``\\r`` already stripped)."""
     name, _, rest = line.partition(" ")
+    if name == "RDATA":
+        return _parse_rdata(rest)
     if not _NAME_RE.fullmatch(name):
         raise ProtocolError(f"malformed command name: {name[:40]!r}")
     if name == "RDATA":

@@ -38,29 +38,33 @@ def add_device_change_txn(
     d = len(device_ids)
     if len(ids) != d + d * len(hosts):
         raise ValueError(f"need {d + d * len(hosts)} stream IDs, got {len(ids)}")
-    for device_id in device_ids:
-        txn.execute(
-            q("DELETE FROM device_lists_stream WHERE user_id = ? AND device_id = ?"),
-            (user_id, device_id),
-        )
-    for sid, device_id in zip(ids[:d], device_ids, strict=True):
-        txn.execute(
-            q(
-                "INSERT INTO device_lists_stream"
-                " (stream_id, user_id, device_id, instance_name, trace_context)"
-                " VALUES (?, ?, ?, ?, ?)"
-            ),
-            (sid, user_id, device_id, instance, trace_context),
-        )
+    txn.executemany(
+        q("DELETE FROM device_lists_stream WHERE user_id = ? AND device_id = ?"),
+        [(user_id, device_id) for device_id in device_ids],
+    )
+    txn.executemany(
+        q(
+            "INSERT INTO device_lists_stream"
+            " (stream_id, user_id, device_id, instance_name, trace_context)"
+            " VALUES (?, ?, ?, ?, ?)"
+        ),
+        [
+            (sid, user_id, device_id, instance, trace_context)
+            for sid, device_id in zip(ids[:d], device_ids, strict=True)
+        ],
+    )
     pokes = [(dest, dev) for dest in hosts for dev in device_ids]
-    for sid, (dest, device_id) in zip(ids[d:], pokes, strict=True):
-        txn.execute(
+    if pokes:
+        txn.executemany(
             q(
                 "INSERT INTO device_lists_outbound_pokes (destination, stream_id, user_id,"
                 " device_id, sent, ts, instance_name, trace_context)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
             ),
-            (dest, sid, user_id, device_id, False, ts_ms, instance, trace_context),
+            [
+                (dest, sid, user_id, device_id, False, ts_ms, instance, trace_context)
+                for sid, (dest, device_id) in zip(ids[d:], pokes, strict=True)
+            ],
         )
 
 
