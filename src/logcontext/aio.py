@@ -73,63 +73,66 @@ class MeteredCoroutine(Coroutine[Any, Any, T]):
         self.__qualname__ = getattr(coro, "__qualname__", None) or type(coro).__qualname__
 
     def send(self, value: Any) -> Any:
-        # The hot path (§2.3): a top-level step that switches context, with the ledger's fast
-        # switch paths inlined (``_ledger.switch`` is the reference; keep them in step).
+        # The hot path (§2.3): a top-level step, with the ledger's fast switch paths inlined
+        # (``_ledger.switch`` is the reference; keep them in step). Nested steps (depth > 0,
+        # e.g. eager tasks) and the first step after a settings change go through ``_step``.
         try:
             led = _local.ledger
         except AttributeError:
             led = _get_ledger()
+        if led.depth or led.flags_gen != _clock._generation:
+            return self._step(led, led.charged, current_context(), value)
         saved = led.charged
         ctx = current_context()
-        if ctx is saved or led.depth or led.flags_gen != _clock._generation or not led.end_cp:
-            return self._step(led, saved, ctx, value)
         fast = led.fast
-        if fast == 2:
-            now = led.wall()
-            if saved is not _SENTINEL:
-                led.pend[saved] += now - led.wlast
-            led.wlast = now
-            led.charged = ctx
-            led.depth = 1
-            try:
-                return self._coro.send(value)
-            finally:
-                led.depth = 0
-                old = led.charged
-                if old is not _SENTINEL:
-                    now = led.wall()
-                    led.pend[old] += now - led.wlast
-                    if old.finished:
-                        led.lat.add(old)
-                    led.wlast = now
-                    led.charged = _SENTINEL
-                    if now >= led.wdl:
-                        _close_window(led, now)
-        if fast == 1:
-            now = led.clk()
-            d = now - led.last_u
-            led.last_u = now
-            if saved is _SENTINEL:
-                led.unattributed_ns += d
+        if ctx is not saved:
+            if fast == 2:
+                now = led.wall()
+                if saved is not _SENTINEL:
+                    led.pend[saved] += now - led.wlast
+                led.wlast = now
+                led.charged = ctx
+            elif fast == 1:
+                now = led.clk()
+                d = now - led.last_u
+                led.last_u = now
+                if saved is _SENTINEL:
+                    led.unattributed_ns += d
+                else:
+                    led.pend[saved] += d
+                    if saved.finished:
+                        led.lat.add(saved)
+                led.charged = ctx
             else:
-                led.pend[saved] += d
-            led.charged = ctx
-            led.depth = 1
-            try:
-                return self._coro.send(value)
-            finally:
-                led.depth = 0
+                _switch(led, ctx)
+        led.depth = 1
+        try:
+            return self._coro.send(value)
+        finally:
+            led.depth = 0
+            if led.end_cp:
                 old = led.charged
                 if old is not _SENTINEL:
-                    now = led.clk()
-                    led.pend[old] += now - led.last_u
-                    if old.finished:
-                        led.lat.add(old)
-                    led.last_u = now
-                    led.charged = _SENTINEL
-                    if now >= led.wdl:
-                        _close_window(led, now)
-        return self._step(led, saved, ctx, value)
+                    if fast == 2:
+                        now = led.wall()
+                        led.pend[old] += now - led.wlast
+                        if old.finished:
+                            led.lat.add(old)
+                        led.wlast = now
+                        led.charged = _SENTINEL
+                        if now >= led.wdl:
+                            _close_window(led, now)
+                    elif fast == 1:
+                        now = led.clk()
+                        led.pend[old] += now - led.last_u
+                        if old.finished:
+                            led.lat.add(old)
+                        led.last_u = now
+                        led.charged = _SENTINEL
+                        if now >= led.wdl:
+                            _close_window(led, now)
+                    else:
+                        _switch(led, _SENTINEL)
 
     def _step(self, led: Any, saved: Any, ctx: Any, value: Any) -> Any:
         # Every other step: nested (depth > 0), no switch, lazy, or a settings change.
