@@ -196,6 +196,12 @@ def setup_observability(
         install_metrics()
     if meter_asyncio:
         asyncio.set_event_loop_policy(_MeteredLoopPolicy())
+    # Import the HTTP stack now: imported later, lazily, inside the running process, its import
+    # time would be charged to nobody and inflate the unattributed share.
+    import aiohttp.web  # noqa: F401
+
+    import logcontext.web  # noqa: F401
+
     return Observability(
         out_dir=out,
         service_name=service_name,
