@@ -369,7 +369,9 @@ def call_later(
     d = _check_delay("call_later: delay", delay)
     if not callable(fn):
         raise TypeError(f"call_later: fn must be callable, got {fn!r}")
-    dc: IDelayedCall = reactor.callLater(d, bind(fn), *args, **kwargs)
+    # Schedule from an empty Context: on an asyncio reactor not given to install(), the
+    # call may re-arm the shared timer, which would copy the caller's Context into it.
+    dc: IDelayedCall = contextvars.Context().run(reactor.callLater, d, bind(fn), *args, **kwargs)
     return dc
 
 
@@ -427,7 +429,7 @@ def looping_call(
             exc_info=_exc_info(f),
         )
 
-    lc.start(iv, now=now).addErrback(failed)
+    contextvars.Context().run(lc.start, iv, now).addErrback(failed)
     return lc
 
 

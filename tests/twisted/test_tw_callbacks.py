@@ -280,3 +280,28 @@ def test_background_process_errors_are_logged_and_give_none(
     assert recs[0].exc_info is not None
     with pytest.raises(ValueError, match="desc"):
         lt.run_as_background_process("", bad)
+
+
+def test_call_later_does_not_seed_an_uninstalled_asyncio_timer() -> None:
+    """Without ``install``, ``call_later`` in "foo" does not make later raw asyncio timers see "foo"."""
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+    r = AsyncioSelectorReactor(loop)
+    try:
+        seen: dict[str, object] = {}
+        foo = LoggingContext("foo")
+        r.callLater(0.02, lambda: seen.__setitem__("raw", current_context()))
+        with PreserveLoggingContext(foo):
+            lt.call_later(r, 0.001, lambda: seen.__setitem__("ours", current_context()))
+        for _ in range(200):
+            if len(seen) == 2:
+                break
+            r.iterate(0.002)
+        assert seen["ours"] is foo
+        assert not seen["raw"]
+    finally:
+        for dc in r.getDelayedCalls():
+            dc.cancel()
+        r.disconnectAll()
+        loop.close()
