@@ -17,6 +17,7 @@ Medians of ``--runs`` runs (default 7). ``--quick`` skips the 100k graphs.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import random
 import statistics
@@ -49,13 +50,26 @@ from homeserver.state.chain_index import ChainCoverIndex  # noqa: E402
 VECTORS = ROOT / ".." / "shared" / "vectors" / "state-res"
 
 
-def median_ms(fn: Callable[[], Any], runs: int) -> float:
-    fn()  # warm-up
+def median_ms(fn: Callable[..., Any], runs: int, setup: Callable[[], Any] | None = None) -> float:
+    """Median wall time of ``fn`` (given ``setup()``'s result, untimed); no GC while timing."""
+    if setup:
+        fn(setup())  # warm-up
+    else:
+        fn()
     times = []
     for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000)
+        arg = setup() if setup else None
+        gc.collect()
+        gc.disable()
+        try:
+            t0 = time.perf_counter()
+            if setup:
+                fn(arg)
+            else:
+                fn()
+            times.append((time.perf_counter() - t0) * 1000)
+        finally:
+            gc.enable()
     return statistics.median(times)
 
 
@@ -354,7 +368,7 @@ def bench_auth_difference(runs: int, sizes: list[int]) -> None:
             nodes, inputs, adds = room_graph(n, seed=n, stale=stale)
             shape = "one fork cites an ancient PL" if stale else "recent forks"
             want = full_auth_difference(inputs, nodes)
-            full_ms = median_ms(lambda: full_auth_difference(inputs, nodes), max(3, runs // 2))
+            full_ms = median_ms(lambda: full_auth_difference(inputs, nodes), runs)
             common = inputs[0] & inputs[1]
             seeds = {e: 1 for e in inputs[0] - common}
             for e in inputs[1] - common:
@@ -366,22 +380,9 @@ def bench_auth_difference(runs: int, sizes: list[int]) -> None:
                 return w
 
             prep_ms = median_ms(walk_prep, runs)
-            walks: list[AuthDifferenceWalk] = []
-
-            def walk_run() -> set[str]:
-                w = walks.pop()
-                return w.run()
-
-            times = []
-            for _ in range(runs):
-                walks.append(walk_prep())
-                t0 = time.perf_counter()
-                got = walk_run()
-                times.append((time.perf_counter() - t0) * 1000)
-            walk_ms = statistics.median(times)
-            assert got == want
-            pops = walk_prep()
-            pops.run()
+            walk_ms = median_ms(lambda w: w.run(), runs, setup=walk_prep)
+            probe = walk_prep()
+            assert probe.run() == want
             # chain-cover index
             idx = ChainCoverIndex()
             add_times = []
@@ -393,28 +394,32 @@ def bench_auth_difference(runs: int, sizes: list[int]) -> None:
             p99 = add_times[int(len(add_times) * 0.99)]
             assert idx.difference(inputs) == want
             idx_ms = median_ms(lambda: idx.difference(inputs), runs)
+            oracle_prep_ms = median_ms(lambda: idx.closure_oracle(common), runs)
 
-            def oracle_walk() -> set[str]:
-                return AuthDifferenceWalk(
-                    seeds, 2, common, nodes, mode="oracle", is_common=idx.closure_oracle(common)
-                ).run()
+            def oracle_walk(oracle: Callable[[str], bool]) -> set[str]:
+                w = AuthDifferenceWalk(seeds, 2, common, nodes, mode="oracle", is_common=oracle)
+                return w.run()
 
-            assert oracle_walk() == want
-            oracle_ms = median_ms(oracle_walk, runs)
+            assert oracle_walk(idx.closure_oracle(common)) == want
+            oracle_ms = median_ms(oracle_walk, runs, setup=lambda: idx.closure_oracle(common))
+            fb = " (closure fallback)" if probe.fallback else ""
             print(f"  {n // 1000:>4}k {shape:<30} |diff|={len(want):4d} state={len(inputs[0]):6d}")
             print(f"        full-chain set difference   {full_ms:9.2f} ms   1.000x")
             print(
                 f"        walk (lazy common state)    {walk_ms:9.2f} ms   {walk_ms / full_ms:.4f}x"
-                f"   pops={pops.pops} common_expanded={pops.common_expanded}"
+                f"   pops={probe.pops} common_expanded={probe.common_expanded}{fb}"
             )
             print(
-                f"        walk + U rank prep O(|U|)   {walk_ms + prep_ms:9.2f} ms   {(walk_ms + prep_ms) / full_ms:.4f}x"
+                f"          + rank-ordering U, O(|U|) {prep_ms:9.2f} ms   {(walk_ms + prep_ms) / full_ms:.4f}x total"
             )
             print(
                 f"        index: difference query     {idx_ms:9.2f} ms   {idx_ms / full_ms:.4f}x"
                 f"   chains={len(idx.chains)} links={idx.link_count}"
             )
-            print(f"        index: walk + oracle        {oracle_ms:9.2f} ms   {oracle_ms / full_ms:.4f}x")
+            print(f"        index: walk with oracle     {oracle_ms:9.2f} ms   {oracle_ms / full_ms:.4f}x")
+            print(
+                f"          + oracle prep, O(|U|)     {oracle_prep_ms:9.2f} ms   {(oracle_ms + oracle_prep_ms) / full_ms:.4f}x total"
+            )
             print(f"        index maintenance p99       {p99:9.3f} ms per event")
 
 

@@ -113,7 +113,7 @@ class AuthDifferenceWalk:
         self.common_expanded = 0
         self.max_heap = 0
         #: Lazy mode: common events expanded before switching to the closure fallback.
-        self.budget = 2000 + 4 * len(seeds)
+        self.budget = min(2000 + 4 * len(seeds), 64 + len(common) // 16)
         self.fallback = False
         self._cu: set[str] | None = None
         self._cu_stack: list[str] = []

@@ -162,12 +162,15 @@ class ChainCoverIndex:
     def closure_oracle(self, common: Collection[str]) -> Callable[[str], bool]:
         """A test for "ancestor-or-self of some event of ``common``" (the walk's oracle, §4.3)."""
         pos = self.position
-        u_max: dict[int, int] = {}
-        for e in common:
-            p = pos.get(e)
-            if p is not None and p[1] > u_max.get(p[0], 0):
-                u_max[p[0]] = p[1]
-        common_unknown = {e for e in common if e not in pos}
+        get = pos.get
+        found = [p for e in common if (p := get(e)) is not None]
+        u_max: dict[int, int] = dict(found)  # one event per chain: the usual case, C speed
+        if len(u_max) != len(found):
+            u_max = {}
+            for c, s in found:
+                if s > u_max.get(c, 0):
+                    u_max[c] = s
+        common_unknown = {e for e in common if e not in pos} if len(found) != len(common) else set()
         into = self.into
         into_sorted = self._into_sorted
 

@@ -209,6 +209,11 @@ def _room_events_txn(txn: Any, room_id: str) -> list[tuple[str, str, str | None,
     return [(r[0], r[1], r[2], list(nodes[r[0]][1])) for r in rows]
 
 
+def _count_events_txn(txn: Any, room_id: str) -> int:
+    txn.execute("SELECT COUNT(*) FROM events WHERE room_id = ?", (room_id,))
+    return int(txn.fetchone()[0])
+
+
 class _LRU(OrderedDict[str, Any]):
     def __init__(self, size: int):
         super().__init__()
@@ -246,6 +251,7 @@ class EventStore:
         self._events = _LRU(cache_size)
         self._nodes = _LRU(cache_size)
         self._indexes: dict[str, ChainCoverIndex] = {}
+        self._counts: dict[str, int] = {}
 
     async def persist_events(
         self,
@@ -269,6 +275,8 @@ class EventStore:
             depth = d.get("depth", 0)
             rows.append((pdu, json.dumps(d, ensure_ascii=False), depth if type(depth) is int else 0, outlier))
         ranks = await self.pool.run_interaction("persist_events", persist_events_txn, rows)
+        if room_id in self._counts:
+            self._counts[room_id] += len(ranks)
         idx = self._indexes.get(room_id)
         for pdu, _, _, _ in rows:
             if pdu.event_id in ranks:
@@ -344,6 +352,14 @@ class EventStore:
         opts = options or ResolveOptions()
         if opts.index == "chain":
             await self.build_chain_index(room_id)
+        elif opts.index == "auto" and room_id not in self._indexes:
+            count = self._counts.get(room_id)
+            if count is None:
+                count = self._counts[room_id] = await self.pool.run_interaction(
+                    "count_room_events", _count_events_txn, room_id
+                )
+            if count >= opts.index_threshold:
+                await self.build_chain_index(room_id)
         return await resolve_state_async(
             room_id, rules_for(version), state_sets, self.source(room_id), opts, stages=stages
         )

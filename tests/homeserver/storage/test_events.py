@@ -126,7 +126,11 @@ async def test_resolve_from_store_matches_vector(name: str) -> None:
             store = EventStore(p)
             await _load(store, c)
             inputs = [{(t, k): e for t, k, e in s} for s in c["state_sets"]]
-            for opts in (ResolveOptions(), ResolveOptions(index="chain")):
+            for opts in (
+                ResolveOptions(),
+                ResolveOptions(index="chain"),
+                ResolveOptions(index="auto", index_threshold=10),
+            ):
                 fresh = EventStore(p)
                 if "expected_error" in c:
                     with pytest.raises(StateResolutionError) as exc:
@@ -135,6 +139,8 @@ async def test_resolve_from_store_matches_vector(name: str) -> None:
                 else:
                     got = await fresh.resolve_state(c["room_id"], inputs[::-1], opts)
                     assert got == {(t, k): e for t, k, e in c["expected"]}
+                    indexed = opts.index == "chain" or len(c["events"]) >= opts.index_threshold
+                    assert (c["room_id"] in fresh._indexes) == indexed
     finally:
         await p.close()
 
