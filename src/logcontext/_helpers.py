@@ -139,25 +139,25 @@ async def _run_bg(
 ) -> Any:
     from . import _bgmetrics
 
-    with ctx:
-        span_cm = _start_bg_span(desc, ctx) if start_span else None
-        if span_cm is not None:
-            span_cm.__enter__()
-        _bgmetrics.bg_started(desc, ctx)
-        try:
-            res = fn(*args, **kwargs)
-            if isinstance(res, Awaitable):
-                res = await res
-            return res
-        except Exception:
-            bg_logger.error("Background process %r threw an exception", desc, exc_info=True)
-            return None
-        finally:
+    try:
+        with ctx:
+            span_cm = _start_bg_span(desc, ctx) if start_span else None
+            if span_cm is not None:
+                span_cm.__enter__()
+            _bgmetrics.bg_started(desc, ctx)
             try:
+                res = fn(*args, **kwargs)
+                if isinstance(res, Awaitable):
+                    res = await res
+                return res
+            except Exception:
+                bg_logger.error("Background process %r threw an exception", desc, exc_info=True)
+                return None
+            finally:
                 if span_cm is not None:
                     span_cm.__exit__(*sys.exc_info())
-            finally:
-                _bgmetrics.bg_finished(desc, ctx)
+    finally:
+        _bgmetrics.bg_finished(desc, ctx)  # after the exit: the usage is final
 
 
 def run_as_background_process(

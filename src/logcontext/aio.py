@@ -135,33 +135,11 @@ class MeteredCoroutine(Coroutine[Any, Any, T]):
                         _switch(led, _SENTINEL)
 
     def _step(self, led: Any, saved: Any, ctx: Any, value: Any) -> Any:
-        # Every other step: nested (depth > 0), no switch, lazy, or a settings change.
+        # Nested steps (an eager task's first step inside its creator's) and the first step
+        # after a settings change: the generic checkpoint, which also re-derives the flags.
         led.depth += 1
         if ctx is not saved:
-            fast = led.fast
-            if fast and led.flags_gen == _clock._generation:
-                if fast == 1:
-                    now = led.clk()
-                    d = now - led.last_u
-                    led.last_u = now
-                    if saved is _SENTINEL:
-                        led.unattributed_ns += d
-                    else:
-                        pend = led.pend
-                        pend[saved] += d
-                        if saved.finished:
-                            led.lat.add(saved)
-                else:
-                    now = led.wall()
-                    if saved is not _SENTINEL:
-                        pend = led.pend
-                        pend[saved] += now - led.wlast
-                        if saved.finished:
-                            led.lat.add(saved)
-                    led.wlast = now
-                led.charged = ctx
-            else:
-                _switch(led, ctx)
+            _switch(led, ctx)
         try:
             return self._coro.send(value)
         finally:
@@ -169,34 +147,8 @@ class MeteredCoroutine(Coroutine[Any, Any, T]):
             led.depth = depth
             if depth or led.end_cp:
                 target = saved if depth else _SENTINEL
-                old = led.charged
-                if old is not target:
-                    fast = led.fast
-                    if fast:  # a settings change is picked up at the next step's start
-                        if fast == 1:
-                            now = led.clk()
-                            d = now - led.last_u
-                            led.last_u = now
-                            if old is _SENTINEL:
-                                led.unattributed_ns += d
-                            else:
-                                pend = led.pend
-                                pend[old] += d
-                                if old.finished:
-                                    led.lat.add(old)
-                        else:
-                            now = led.wall()
-                            if old is not _SENTINEL:
-                                pend = led.pend
-                                pend[old] += now - led.wlast
-                                if old.finished:
-                                    led.lat.add(old)
-                            led.wlast = now
-                        led.charged = target
-                        if now >= led.wdl:
-                            _close_window(led, now)
-                    else:
-                        _switch(led, target)
+                if led.charged is not target:
+                    _switch(led, target)
 
     def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
         try:

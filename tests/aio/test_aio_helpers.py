@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -262,3 +263,32 @@ def test_context_pool_executor_outside_asyncio() -> None:
             fut: concurrent.futures.Future[str] = pool.submit(lambda: str(current_context().parent_context))
             assert fut.result() == "plain"
         assert plain.finished
+
+
+def test_background_process_feeds_prometheus_metrics() -> None:
+    """With metrics installed, a background process counts one start under its desc and its
+    CPU reaches the background-process CPU counter."""
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from logcontext.metrics import install_metrics, uninstall_metrics
+
+    registry = prometheus_client.CollectorRegistry()
+    install_metrics(registry=registry)
+    try:
+
+        async def job() -> None:
+            end = time.thread_time() + 0.005
+            while time.thread_time() < end:
+                pass
+            await asyncio.sleep(0)
+
+        async def main() -> None:
+            await logcontext.run_as_background_process("metered_job", job)
+
+        aio.run(main())
+        labels = {"name": "metered_job", "server_name": "localhost"}
+        starts = registry.get_sample_value("logcontext_background_process_start_count_total", labels)
+        cpu = registry.get_sample_value("logcontext_background_process_ru_utime_seconds_total", labels)
+    finally:
+        uninstall_metrics()
+    assert starts == 1
+    assert cpu is not None and cpu >= 0.004
