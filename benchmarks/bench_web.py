@@ -43,7 +43,7 @@ ANCHOR_US = {"merge_contextvars": 0.76, "synapse_filter": 0.72}
 class Server:
     """An aiohttp app served from its own thread/loop on 127.0.0.1; tracks the thread's CPU."""
 
-    def __init__(self, name: str, *, middleware: bool, metered: bool, log: bool = False) -> None:
+    def __init__(self, name: str, *, middleware: bool | str, metered: bool, log: bool = False) -> None:
         from aiohttp import web
 
         from logcontext.web import logcontext_middleware
@@ -51,7 +51,13 @@ class Server:
         async def hello(request: web.Request) -> web.Response:
             return web.Response(text="Hello, world")
 
-        mws = [logcontext_middleware(site_tag=name)] if middleware else []
+        mws: list[Any] = []
+        if middleware == "pass":
+            mws = [_passthrough]
+        elif middleware == "context":
+            mws = [_context_only]
+        elif middleware:
+            mws = [logcontext_middleware(site_tag=name)]
         self.app = web.Application(middlewares=mws)
         self.app.router.add_get("/", hello)
         if log:
@@ -103,6 +109,28 @@ class Server:
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         self.thread.join(10)
+
+
+def _make_breakdown_middlewares() -> tuple[Any, Any]:
+    import itertools
+
+    from aiohttp import web
+
+    counter = itertools.count()
+
+    @web.middleware
+    async def passthrough(request: Any, handler: Any) -> Any:
+        return await handler(request)
+
+    @web.middleware
+    async def context_only(request: Any, handler: Any) -> Any:
+        with LoggingContext(f"GET-{next(counter)}"):
+            return await handler(request)
+
+    return passthrough, context_only
+
+
+_passthrough, _context_only = _make_breakdown_middlewares()
 
 
 async def _thread_time() -> float:
@@ -181,6 +209,8 @@ def web_suite(args: Any) -> bool:
     servers = {
         "plain loop, no middleware": Server("plain", middleware=False, metered=False),
         "metered loop, no middleware": Server("metered", middleware=False, metered=True),
+        "metered loop + pass-through middleware": Server("pass", middleware="pass", metered=True),
+        "metered loop + context-only middleware": Server("ctx", middleware="context", metered=True),
         "metered loop + middleware": Server("mw", middleware=True, metered=True),
         "metered loop + middleware + access log": Server("mwlog", middleware=True, metered=True, log=True),
     }
@@ -235,6 +265,14 @@ def web_suite(args: Any) -> bool:
             )
             for name in suite.results:
                 suite.note(f"{name}: {1 / m(name):,.0f} requests/s")
+            mins = {n: r.min for n, r in suite.results.items()}
+            suite.note(
+                "ratios of minima (robust to interference from other processes): "
+                f"middleware / none {mins['metered loop + middleware'] / mins[base]:.3f}, "
+                f"pass-through / none {mins['metered loop + pass-through middleware'] / mins[base]:.3f}, "
+                f"context-only / none {mins['metered loop + context-only middleware'] / mins[base]:.3f}, "
+                f"middleware [clock off] / none {mins['metered loop + middleware [clock off]'] / mins[base]:.3f}"
+            )
             cpu = {n: servers[n].cpu / max(servers[n].requests, 1) for n in servers}
             suite.note(
                 "server-thread CPU per request: " + ", ".join(f"{n} {cpu[n] * 1e6:.1f}us" for n in servers)
