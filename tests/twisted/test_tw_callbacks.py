@@ -305,3 +305,24 @@ def test_call_later_does_not_seed_an_uninstalled_asyncio_timer() -> None:
             dc.cancel()
         r.disconnectAll()
         loop.close()
+
+
+def test_bind_callback_captures_and_meters() -> None:
+    """``bind_callback`` runs later in the binder's context and charges it (``metered=False``: no charge)."""
+    clock = FakeClock()
+    foo = LoggingContext("foo")
+    seen: list[object] = []
+
+    def work() -> None:
+        seen.append(current_context())
+        clock.advance(ms=3)
+
+    with use_clock(clock):
+        with PreserveLoggingContext(foo):
+            bound = lt.bind_callback(work)
+            unmetered = lt.bind_callback(work, metered=False)
+        bound()
+        unmetered()
+    assert seen == [foo, foo]
+    assert foo.get_resource_usage().ru_utime == pytest.approx(0.003)
+    assert bound.__name__ == "work"
