@@ -61,7 +61,14 @@ def build_main_app(main: MainProcess) -> web.Application:
         body = await _json_body(request)
         room_id, etype, sender = body.get("room_id"), body.get("type"), body.get("sender")
         state_key, content = body.get("state_key"), body.get("content", {})
-        if not all(isinstance(x, str) and x for x in (room_id, etype, sender)):
+        if not (
+            isinstance(room_id, str)
+            and room_id
+            and isinstance(etype, str)
+            and etype
+            and isinstance(sender, str)
+            and sender
+        ):
             return _bad("room_id, type and sender must be non-empty strings")
         if state_key is not None and not isinstance(state_key, str):
             return _bad("state_key must be a string")

@@ -124,7 +124,7 @@ class ReplicationConnection(asyncio.Protocol):
         self.all_synced_once = False
         self.on_all_synced: Callable[[], None] | None = None
         self.context: Any = None
-        self._counts = {}
+        self._counts: dict[str, int] = {}
 
     # -- identity --------------------------------------------------------------------
 
@@ -179,7 +179,7 @@ class ReplicationConnection(asyncio.Protocol):
         buf = self._buf + data if self._buf else data
         lines = buf.split(b"\n")
         self._buf = lines.pop()
-        self._counts: dict[str, int] = {}
+        self._counts = {}
         try:
             for raw in lines:
                 if self.state is ConnState.CLOSED:

@@ -134,7 +134,7 @@ class ReplicationHandler:
         self.on_remote_server_up: Callable[[str], None] | None = None
         self.on_user_ip: Callable[[UserIpCommand], None] | None = None
         # Bus publisher, if any: one command, or pre-encoded lines (count commands).
-        self.publish: Callable[[Command], None] | None = None
+        self.publish: Callable[[Command], bool] | None = None
         self.publish_bytes: Callable[[bytes, int], None] | None = None
         self._stopping = False
         self._live_rows: dict[Key, int] = {}
