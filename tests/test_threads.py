@@ -124,3 +124,14 @@ def test_pool_threads_have_their_own_ledger_label() -> None:
             pool.submit(_burn, 1).result()
     labels = {label for label, _, _ in _ledger.ledger_stats()}
     assert "lcpool" in labels
+
+
+@pytest.mark.parametrize("mode", ["exact", "lazy", "sampled"])
+def test_short_bound_thread_target_is_charged_before_the_thread_ends(mode: str) -> None:
+    """A bound target shorter than a window still has its CPU charged when its thread ends."""
+    logcontext.configure(clock="cpu", step_mode=mode)  # type: ignore[arg-type]
+    with LoggingContext("short-target") as ctx:
+        t = threading.Thread(target=logcontext.bind(_burn), args=(0.3,))
+        t.start()
+        t.join()
+        assert ctx.get_resource_usage().ru_utime >= 0.00025

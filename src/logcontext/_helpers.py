@@ -296,6 +296,9 @@ def _metered_call(lc: LoggingContextOrSentinel, fn: Callable[..., R], args: Any,
         led.depth -= 1
         if led.charged is not saved:
             _ledger.switch(led, saved)
+        if not led.depth and led.pend:
+            # Charge now: a bound thread target's thread may end before any later checkpoint.
+            _ledger.settle(saved)
 
 
 def bind(fn: Callable[P, R], /, *, metered: bool = True) -> Callable[P, R]:
