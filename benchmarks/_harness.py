@@ -138,7 +138,9 @@ class Suite:
     def median(self, name: str) -> float:
         return self.results[name].median
 
-    def check(self, ident: str, description: str, value: float, bound: float, *, anchor: bool = False) -> None:
+    def check(
+        self, ident: str, description: str, value: float, bound: float, *, anchor: bool = False
+    ) -> None:
         if self.enabled:
             self.targets.append(Target(ident, description, value, bound, anchor))
 
@@ -156,8 +158,10 @@ class Suite:
         """Print the table and targets; return True when every measured target passed."""
         if not self.enabled:
             return True
-        print(f"\n== suite {self.name} ({platform.python_implementation()} {platform.python_version()}, "
-              f"{'quick' if self.args.quick else 'full'}) ==")
+        print(
+            f"\n== suite {self.name} ({platform.python_implementation()} {platform.python_version()}, "
+            f"{'quick' if self.args.quick else 'full'}) =="
+        )
         width = max([len(n) for n in self.results] + [10])
         print(f"{'candidate':<{width}}  {'median':>10}  {'IQR':>9}  {'min':>10}  (per op, net of empty)")
         for name, res in self.results.items():
@@ -174,15 +178,22 @@ class Suite:
             print(f"note: {n}")
         if self.args.json:
             with open(self.args.json, "a", encoding="utf-8") as f:
-                f.write(json.dumps({
-                    "suite": self.name,
-                    "python": platform.python_version(),
-                    "quick": bool(self.args.quick),
-                    "results": {n: {"median_s": r.median, "iqr_s": r.iqr, "min_s": r.min}
-                                for n, r in self.results.items()},
-                    "targets": [t.__dict__ | {"passed": t.passed} for t in self.targets],
-                    "notes": self.notes,
-                }) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "suite": self.name,
+                            "python": platform.python_version(),
+                            "quick": bool(self.args.quick),
+                            "results": {
+                                n: {"median_s": r.median, "iqr_s": r.iqr, "min_s": r.min}
+                                for n, r in self.results.items()
+                            },
+                            "targets": [t.__dict__ | {"passed": t.passed} for t in self.targets],
+                            "notes": self.notes,
+                        }
+                    )
+                    + "\n"
+                )
         return ok
 
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import Suite, exit_code, parse_args  # noqa: E402
+from _harness import Suite, exit_code, parse_args
 
-import logcontext  # noqa: E402
-from logcontext import LoggingContext, PreserveLoggingContext, current_context  # noqa: E402
+import logcontext
+from logcontext import LoggingContext, PreserveLoggingContext, current_context
 
 # Anchors (spec §11), microseconds, used only when a comparator is missing.
 ANCHOR_US = {"structlog": 1.2, "synapse_with": 1.97, "otel": 0.31}
@@ -181,7 +181,9 @@ def import_time(stmt: str, runs: int) -> float:
     samples = []
     for _ in range(runs):
         t = pc()
-        subprocess.run([sys.executable, "-S", "-c", stmt] if False else [sys.executable, "-c", stmt], check=True)
+        subprocess.run(
+            [sys.executable, "-S", "-c", stmt] if False else [sys.executable, "-c", stmt], check=True
+        )
         samples.append(pc() - t)
     return statistics.median(samples)
 
@@ -210,17 +212,45 @@ def main() -> int:
         suite.ratio("P2", "with LoggingContext [off]", "structlog bind+reset", 0.5)
         suite.ratio("P2", "with LoggingContext [off]", "structlog bound_contextvars", 0.5)
     else:
-        suite.check("P2", "with [off] / structlog anchor", m("with LoggingContext [off]") / (ANCHOR_US["structlog"] * 1e-6), 0.5, anchor=True)
+        suite.check(
+            "P2",
+            "with [off] / structlog anchor",
+            m("with LoggingContext [off]") / (ANCHOR_US["structlog"] * 1e-6),
+            0.5,
+            anchor=True,
+        )
     if "synapse" in have:
         suite.ratio("P2", "with LoggingContext [off]", "synapse with LoggingContext", 0.3)
         suite.ratio("P4", "with LoggingContext [cpu]", "synapse with LoggingContext", 1.75)
     else:
         for ident, mode, bound in (("P2", "off", 0.3), ("P4", "cpu", 1.75)):
-            suite.check(ident, f"with [{mode}] / synapse anchor", m(f"with LoggingContext [{mode}]") / (ANCHOR_US["synapse_with"] * 1e-6), bound, anchor=True)
+            suite.check(
+                ident,
+                f"with [{mode}] / synapse anchor",
+                m(f"with LoggingContext [{mode}]") / (ANCHOR_US["synapse_with"] * 1e-6),
+                bound,
+                anchor=True,
+            )
     if "otel" in have:
-        suite.ratio("--", "with LoggingContext [off]", "otel attach+detach", float("inf"), "with [off] / OTel attach+detach (informational)")
-    suite.check("P3", "with [wall] / (2 tpc + 12 tcv)", m("with LoggingContext [wall]") / (2 * m("perf_counter_ns") + 12 * tcv), 1.0)
-    suite.check("P4", "with [cpu] / (2 ttt + 12 tcv)", m("with LoggingContext [cpu]") / (2 * m("thread_time_ns") + 12 * tcv), 1.0)
+        suite.ratio(
+            "--",
+            "with LoggingContext [off]",
+            "otel attach+detach",
+            float("inf"),
+            "with [off] / OTel attach+detach (informational)",
+        )
+    suite.check(
+        "P3",
+        "with [wall] / (2 tpc + 12 tcv)",
+        m("with LoggingContext [wall]") / (2 * m("perf_counter_ns") + 12 * tcv),
+        1.0,
+    )
+    suite.check(
+        "P4",
+        "with [cpu] / (2 ttt + 12 tcv)",
+        m("with LoggingContext [cpu]") / (2 * m("thread_time_ns") + 12 * tcv),
+        1.0,
+    )
     suite.check("P5", "Preserve [off] / tcv", m("with PreserveLoggingContext [off]") / tcv, 6.0)
     ok = suite.finish()
 
@@ -231,12 +261,26 @@ def main() -> int:
         ours = import_time("import logcontext", runs) - bare
         stdlib = import_time("import logging, contextvars, threading", runs) - bare
         leak = subprocess.run(
-            [sys.executable, "-c", "import sys; b=set(sys.modules); import logcontext; "
-             "print(sorted(m for m in set(sys.modules)-b if m.split('.')[0] not in sys.stdlib_module_names and not m.startswith('logcontext')))"],
-            capture_output=True, text=True, check=True).stdout.strip()
+            [
+                sys.executable,
+                "-c",
+                "import sys; b=set(sys.modules); import logcontext; "
+                "print(sorted(m for m in set(sys.modules)-b if m.split('.')[0] not in sys.stdlib_module_names and not m.startswith('logcontext')))",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         imp = Suite("import", args)
-        imp.check("P18", "import logcontext / import logging,contextvars,threading (net)", ours / max(stdlib, 1e-6), 1.5)
-        imp.note(f"net import: logcontext {ours * 1e3:.2f} ms, stdlib trio {stdlib * 1e3:.2f} ms; third-party modules imported: {leak}")
+        imp.check(
+            "P18",
+            "import logcontext / import logging,contextvars,threading (net)",
+            ours / max(stdlib, 1e-6),
+            1.5,
+        )
+        imp.note(
+            f"net import: logcontext {ours * 1e3:.2f} ms, stdlib trio {stdlib * 1e3:.2f} ms; third-party modules imported: {leak}"
+        )
         ok = imp.finish() and ok and leak == "[]"
     return exit_code(ok, args)
 
