@@ -44,6 +44,7 @@ from homeserver.state.authdiff import (  # noqa: E402
     AuthDifferenceWalk,
     CompleteNodes,
     full_auth_difference,
+    rank_order,
 )
 from homeserver.state.chain_index import ChainCoverIndex  # noqa: E402
 
@@ -381,6 +382,18 @@ def bench_auth_difference(runs: int, sizes: list[int]) -> None:
 
             prep_ms = median_ms(walk_prep, runs)
             walk_ms = median_ms(lambda w: w.run(), runs, setup=walk_prep)
+            order = rank_order(nodes)  # kept per room like the ranks themselves
+
+            def scan_walk() -> set[str]:
+                w = AuthDifferenceWalk(seeds, 2, common, nodes, rank_order=order)
+                res = w.run()
+                probe_scan.append(w)
+                return res
+
+            probe_scan: list[AuthDifferenceWalk] = []
+            scan_ms = median_ms(scan_walk, runs)
+            assert scan_walk() == want
+            ps = probe_scan[-1]
             probe = walk_prep()
             assert probe.run() == want
             # chain-cover index
@@ -406,7 +419,12 @@ def bench_auth_difference(runs: int, sizes: list[int]) -> None:
             print(f"  {n // 1000:>4}k {shape:<30} |diff|={len(want):4d} state={len(inputs[0]):6d}")
             print(f"        full-chain set difference   {full_ms:9.2f} ms   1.000x")
             print(
-                f"        walk (lazy common state)    {walk_ms:9.2f} ms   {walk_ms / full_ms:.4f}x"
+                f"        walk, rank-order scan       {scan_ms:9.2f} ms   {scan_ms / full_ms:.4f}x"
+                f"   pops={ps.pops} common_expanded={ps.common_expanded}"
+                f"{' (closure fallback)' if ps.fallback else ''}"
+            )
+            print(
+                f"        walk, heap over common      {walk_ms:9.2f} ms   {walk_ms / full_ms:.4f}x"
                 f"   pops={probe.pops} common_expanded={probe.common_expanded}{fb}"
             )
             print(

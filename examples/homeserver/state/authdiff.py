@@ -19,6 +19,7 @@ __all__ = [
     "conflicted_subgraph",
     "full_auth_difference",
     "nodes_from_graph",
+    "rank_order",
     "reach_closure",
 ]
 
@@ -93,6 +94,7 @@ class AuthDifferenceWalk:
         *,
         mode: str = "lazy",
         is_common: Callable[[str], bool] | None = None,
+        rank_order: Sequence[str] | None = None,
     ):
         if mode not in ("lazy", "eager", "oracle"):
             raise ValueError(f"unknown walk mode {mode!r}")
@@ -107,6 +109,12 @@ class AuthDifferenceWalk:
         self.mask: dict[str, int] = {}
         self.heap: list[tuple[int, str]] = []
         self.u_heap: list[tuple[int, str]] = []
+        #: Lazy mode: every event of the room by descending rank (complete ``nodes`` only).
+        #: With it, common events are found by scanning from the top instead of ordering
+        #: all of ``common`` first, so the cost does not grow with the size of the state.
+        self.rank_order = rank_order if mode == "lazy" else None
+        self._u_pos = 0
+        self._u_next: tuple[int, str] | None = None
         self.pending = 0
         self.started = False
         self.pops = 0
@@ -148,12 +156,31 @@ class AuthDifferenceWalk:
                     mask[e] = full
                     n = get(e)
                     heap.append((0 if n is None else -n[0], e))
+        elif self.mode == "lazy" and self.rank_order is not None:
+            self._refill()
         elif self.mode == "lazy":
             # Unknown common events have no auth events: nothing to expand.
             self.u_heap = [(-n[0], e) for e in common if (n := get(e)) is not None]
             heapq.heapify(self.u_heap)
         heapq.heapify(heap)
         self.started = True
+
+    def _refill(self) -> None:
+        order = self.rank_order
+        assert order is not None
+        common, get = self.common, self.nodes.get
+        i, end = self._u_pos, len(order)
+        while i < end:
+            e = order[i]
+            i += 1
+            if e in common:
+                n = get(e)
+                if n is not None:
+                    self._u_pos = i
+                    self._u_next = (-n[0], e)
+                    return
+        self._u_pos = i
+        self._u_next = None
 
     def run(self) -> set[str]:
         """Walk until the frontiers converge; return the auth difference."""
@@ -163,6 +190,7 @@ class AuthDifferenceWalk:
         mask = self.mask
         heap = self.heap
         u_heap = self.u_heap
+        ranked = self.rank_order is not None
         nodes = self.nodes
         common = self.common if self.mode == "lazy" else ()
         is_common = self.is_common if self.mode == "oracle" else None
@@ -172,8 +200,13 @@ class AuthDifferenceWalk:
                 return self._run_fallback()
             if len(heap) > self.max_heap:
                 self.max_heap = len(heap)
-            from_common = bool(u_heap) and (not heap or u_heap[0] < heap[0])
-            top = u_heap[0] if from_common else heap[0]
+            if ranked:
+                ut = self._u_next
+                from_common = ut is not None and (not heap or ut < heap[0])
+                top = ut if from_common and ut is not None else heap[0]
+            else:
+                from_common = bool(u_heap) and (not heap or u_heap[0] < heap[0])
+                top = u_heap[0] if from_common else heap[0]
             eid = top[1]
             missing: list[str] = []
             n = _node(nodes, eid, missing)
@@ -185,7 +218,10 @@ class AuthDifferenceWalk:
                 raise NeedNodes(missing)
             # -- no failure past this point: pop and propagate --
             if from_common:
-                heappop(u_heap)
+                if ranked:
+                    self._refill()
+                else:
+                    heappop(u_heap)
                 self.common_expanded += 1
                 m = full
             else:
@@ -266,6 +302,7 @@ def auth_difference(
     mode: str = "lazy",
     is_common: Callable[[str], bool] | None = None,
     budget: int | None = None,
+    rank_order: Sequence[str] | None = None,
 ) -> set[str]:
     """Auth difference of inputs given as event-ID collections (walk; equals the definition).
 
@@ -284,7 +321,7 @@ def auth_difference(
     common = {e for e, m in seeds.items() if m == full}
     for e in common:
         del seeds[e]
-    walk = AuthDifferenceWalk(seeds, n, common, nodes, mode=mode, is_common=is_common)
+    walk = AuthDifferenceWalk(seeds, n, common, nodes, mode=mode, is_common=is_common, rank_order=rank_order)
     if budget is not None:
         walk.budget = budget
     return walk.run()
@@ -331,6 +368,11 @@ def conflicted_subgraph(conflicted: Collection[str], nodes: NodeMap) -> set[str]
                     marked.add(e)
                     break
     return marked
+
+
+def rank_order(nodes: Mapping[str, Node]) -> list[str]:
+    """Every known event by descending rank (ties by ID): the lazy walk's scan order."""
+    return sorted((e for e, n in nodes.items() if n is not None), key=lambda e: (-nodes[e][0], e))  # type: ignore[index]
 
 
 def nodes_from_graph(auth_events: Mapping[str, Iterable[str]]) -> CompleteNodes:

@@ -17,6 +17,7 @@ from typing import Any, Protocol, TypeVar
 from ._instrument import resolution_scope
 from .auth import AuthFailure, auth_types, check_auth
 from .authdiff import AuthDifferenceWalk, CompleteNodes, NeedNodes, Node, conflicted_subgraph
+from .authdiff import rank_order as authdiff_rank_order
 from .errors import (
     InvalidEventError,
     MissingCreateError,
@@ -413,6 +414,7 @@ def _resolve(
     phases: _Phases,
     index: Any,
     stages: ResolutionStages | None,
+    rank_order: Sequence[str] | None = None,
 ) -> Generator[Request, None, dict[StateKey, str]]:
     n = len(state_sets)
     if n == 0:
@@ -435,7 +437,7 @@ def _resolve(
                 seeds, n, common, ctx.nodes, mode="oracle", is_common=index.closure_oracle(common)
             )
         else:
-            walk = AuthDifferenceWalk(seeds, n, common, ctx.nodes, mode=opts.walk_mode)
+            walk = AuthDifferenceWalk(seeds, n, common, ctx.nodes, mode=opts.walk_mode, rank_order=rank_order)
 
         def run_walk() -> Generator[Request, None, set[str]]:
             return walk.run()
@@ -597,6 +599,14 @@ class InMemoryEventSource:
             {e.event_id: (e.auth_rank, e.auth_event_ids) for e in self.events.values()}
         )
         self._index = index
+        self._rank_order: list[str] | None = None
+
+    @property
+    def rank_order(self) -> list[str]:
+        """Every event by descending auth rank (computed once): the walk's scan order."""
+        if self._rank_order is None:
+            self._rank_order = authdiff_rank_order(self.nodes)
+        return self._rank_order
 
     @classmethod
     def from_dicts(
@@ -725,7 +735,7 @@ def resolve_state(
     ctx = _Ctx(room_id, source.events, source.nodes, complete=True)  # type: ignore[arg-type]
     largest = max((len(s) for s in inputs), default=0)
     with resolution_scope(room_id, rules, len(inputs), largest, opts.trace_decisions) as phases:
-        gen = _resolve(ctx, rules, inputs, opts, phases, source.chain_index(), stages)
+        gen = _resolve(ctx, rules, inputs, opts, phases, source.chain_index(), stages, source.rank_order)
         return _drive_sync(gen)
 
 
@@ -747,7 +757,8 @@ async def resolve_state_async(
         ctx = _Ctx(room_id, {}, {}, complete=False)
     largest = max((len(s) for s in inputs), default=0)
     with resolution_scope(room_id, rules, len(inputs), largest, opts.trace_decisions) as phases:
-        gen = _resolve(ctx, rules, inputs, opts, phases, source.chain_index(), stages)
+        order = source.rank_order if isinstance(source, InMemoryEventSource) else None
+        gen = _resolve(ctx, rules, inputs, opts, phases, source.chain_index(), stages, order)
         return await _drive_async(gen, ctx, source)
 
 

@@ -10,6 +10,7 @@ from homeserver.state.authdiff import (
     conflicted_subgraph,
     full_auth_difference,
     nodes_from_graph,
+    rank_order,
     reach_closure,
 )
 from homeserver.state.chain_index import ChainCoverIndex
@@ -53,6 +54,9 @@ def test_walk_equals_definition(data: tuple[dict[str, list[str]], list[list[str]
     assert auth_difference(inputs, nodes, mode="lazy") == want
     assert auth_difference(inputs, nodes, mode="eager") == want
     assert auth_difference(inputs, nodes, mode="lazy", budget=-1) == want  # closure fallback
+    order = rank_order(nodes)
+    assert auth_difference(inputs, nodes, rank_order=order) == want  # scan instead of a heap
+    assert auth_difference(inputs, nodes, rank_order=order, budget=-1) == want
     assert auth_difference(inputs[::-1], nodes, mode="lazy") == want
     common = set(inputs[0]).intersection(*inputs[1:])
     closure = reach_closure(common, nodes)
