@@ -27,13 +27,15 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
 
 from . import clock as _clock
 from ._config import config
 from ._sentinel import SENTINEL_CONTEXT
 
+TYPE_CHECKING = False  # typing is not imported at run time (import cost, spec P18)
 if TYPE_CHECKING:
+    from typing import Any
+
     from ._context import LoggingContext
 
 __all__ = [
