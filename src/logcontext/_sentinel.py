@@ -28,6 +28,7 @@ class _Sentinel:
     late_usage: Final = None
     end_span_on_exit: Final = False
     _ancestors: Final[tuple[()]] = ()
+    _extra: Final = None
 
     @property
     def server_name(self) -> str:
