@@ -94,7 +94,7 @@ def test_thread_pool_cpu_reaches_the_request(step_mode: str) -> None:
 
 def test_conservation_of_thread_cpu(step_mode: str) -> None:
     """20 tasks in 5 root contexts with random burns and unbound busy callbacks: the roots' CPU
-    plus the thread's unattributed CPU equals the thread's CPU advance within 5 %."""
+    plus the thread's unattributed CPU equals the thread's CPU advance within 3 % + 1 ms."""
     rnd = random.Random(42)
     plans = [[rnd.uniform(0.1, 1.5) for _ in range(4)] for _ in range(20)]
     roots = [LoggingContext(f"root{i}") for i in range(5)]
@@ -123,7 +123,7 @@ def test_conservation_of_thread_cpu(step_mode: str) -> None:
         charged = sum(r.get_resource_usage().ru_utime - before[id(r)] for r in roots) * 1e9
         advance = t1 - t0
         assert charged > 0
-        assert charged + (un1 - un0) == pytest.approx(advance, rel=0.05)
+        assert abs(charged + (un1 - un0) - advance) <= 0.03 * advance + 1_000_000
 
     retry_once(check)
 
@@ -154,5 +154,36 @@ def test_unbound_callback_is_unattributed_and_bound_one_is_charged(mode: str) ->
         un, charged = aio.run(main())
         assert un == pytest.approx(0.010, rel=0.15)
         assert charged == pytest.approx(0.010, rel=0.15)
+
+    retry_once(check)
+
+
+def _spin_wall(ms: float) -> None:
+    end = time.perf_counter_ns() + int(ms * 1_000_000)
+    while time.perf_counter_ns() < end:
+        pass
+
+
+@pytest.mark.parametrize("mode", ["exact", "lazy", "sampled"])
+def test_wall_clock_burners_within_25_percent(mode: str) -> None:
+    """Clock `wall`: interleaved tasks spinning 5 steps of 2 ms and 10 ms of wall time are
+    charged about 10 ms and 50 ms (within 25 %)."""
+    logcontext.configure(clock="wall", step_mode=mode)  # type: ignore[arg-type]
+
+    async def spinner(name: str, ms: float) -> LoggingContext:
+        with LoggingContext(name) as ctx:
+            for _ in range(5):
+                _spin_wall(ms)
+                await asyncio.sleep(0)
+        return ctx
+
+    async def main() -> tuple[float, float]:
+        a, b = await asyncio.gather(spinner("A", 2), spinner("B", 10))
+        return a.get_resource_usage().ru_utime, b.get_resource_usage().ru_utime
+
+    def check() -> None:
+        ua, ub = aio.run(main())
+        assert ua == pytest.approx(0.010, rel=0.25)
+        assert ub == pytest.approx(0.050, rel=0.25)
 
     retry_once(check)
