@@ -426,7 +426,7 @@ class Worker:
 
     async def _start(self) -> None:
         opts = self.options
-        self.db = open_database(self.database, max_size=opts.db_max_size)
+        self.db = open_database(self.database, readonly=True, max_size=opts.db_max_size)
         store = StreamStore(self.db)
         streams = [
             Stream(

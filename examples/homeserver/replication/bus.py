@@ -141,6 +141,24 @@ class RedisBus:
         self._queue.extend(self._announcements())
         self._queue_bytes = sum(len(x) for _, x in self._queue)
 
+    def _on_publisher_connected(self, first: bool) -> None:
+        """Our positions go out before anything else on every publisher connection.
+
+        On the first one this is what tells readers where a (re)started writer
+        stands before its first ``RDATA`` (queued rows are kept behind it); on a
+        reconnect commands in flight may be lost, so the queue is replaced by the
+        announcements (and a ``REPLICATE`` from readers, whose own may have been lost).
+        """
+        announcements = self._announcements()
+        if first:
+            self._queue.extendleft(reversed(announcements))
+        else:
+            self._queue.clear()
+            self._queue.extend(announcements)
+            if self.handler.config.reader:
+                self._queue.append((self.channel, ReplicateCommand().to_line().encode()))
+        self._queue_bytes = sum(len(x) for _, x in self._queue)
+
     async def _publisher_loop(self) -> None:
         import redis.asyncio as aioredis
 
@@ -160,8 +178,7 @@ class RedisBus:
                 continue
             self.publisher_connects += 1
             self._publisher = client
-            if not first:  # commands in flight may be lost: announce first
-                self._reset_queue_with_announcements()
+            self._on_publisher_connected(first)
             first = False
             backoff = self.min_backoff
             try:

@@ -16,9 +16,11 @@ import asyncio
 import contextlib
 import sqlite3
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 from homeserver.app import MainProcess, Worker
 from homeserver.config import parse_database
 from hypothesis import HealthCheck, given, settings
@@ -43,18 +45,21 @@ def _options(**kw: Any) -> Any:
     return fast_options(target_rows=6, inbound_bound=8, torture_level=2, **kw)
 
 
-async def _scenario(actions: list[tuple[Any, ...]], workdir: Path) -> None:
+async def _scenario(actions: list[tuple[Any, ...]], workdir: Path, redis_url: str | None = None) -> None:
+    """Run ``actions`` over TCP through a cutting proxy, or over the Redis bus."""
     db = parse_database(f"sqlite:///{workdir / 'hs.db'}")
-    main = MainProcess(db, replication=("127.0.0.1", 0), http=("127.0.0.1", 0), options=_options())
+    bus = {"redis_url": redis_url, "redis_prefix": f"p{uuid.uuid4().hex[:8]}:"} if redis_url else {}
+    replication = None if redis_url else ("127.0.0.1", 0)
+    main = MainProcess(db, replication=replication, http=("127.0.0.1", 0), options=_options(**bus))
     await main.start()
     http_port = main.http_port
-    proxy = await Proxy(main.replication_port).start()
+    proxy = await Proxy(main.replication_port if not redis_url else 1).start()
     worker = Worker(
         "w1",
         db,
-        main=("127.0.0.1", proxy.port),
+        main=None if redis_url else ("127.0.0.1", proxy.port),
         main_http=f"http://127.0.0.1:{http_port}",
-        options=_options(),
+        options=_options(**bus),
     )
     await worker.start()
     start = dict(worker.handler.cur)
@@ -99,15 +104,20 @@ async def _scenario(actions: list[tuple[Any, ...]], workdir: Path) -> None:
                     async with main.devices_gen.get_next():
                         raise RuntimeError("rolled back")
             elif kind == "cut":
-                proxy.cut_after(action[1], action[2])
+                if redis_url:  # drop one of the bus connections instead
+                    name = ("w1-sub", "master-pub", "master-sub")[action[2] % 3]
+                    await _kill_redis_clients(redis_url, name)
+                else:
+                    proxy.cut_after(action[1], action[2])
             elif kind == "restart":
                 await write_lock.acquire()
                 await main.stop(clean=False)
                 main = MainProcess(
-                    db, replication=("127.0.0.1", 0), http=("127.0.0.1", http_port), options=_options()
+                    db, replication=replication, http=("127.0.0.1", http_port), options=_options(**bus)
                 )
                 await main.start()
-                proxy.target_port = main.replication_port
+                if not redis_url:
+                    proxy.target_port = main.replication_port
                 proxy.cut_all()
                 write_lock.release()
             elif kind == "pause":
@@ -122,9 +132,9 @@ async def _scenario(actions: list[tuple[Any, ...]], workdir: Path) -> None:
 
         def caught_up() -> bool:
             cur = worker.handler.cur
-            return (
-                all(cur.get((s, "master"), -1) >= t for s, t in final.items())
-                and worker.consumer.typing == main.typing.snapshot()
+            return all(cur.get((s, "master"), -1) >= t for s, t in final.items()) and (
+                # on the bus a stale typing list after a writer restart is an accepted gap (§3.2)
+                bool(redis_url) or worker.consumer.typing == main.typing.snapshot()
             )
 
         await wait_until(caught_up, timeout=20, what="worker caught up")
@@ -183,6 +193,18 @@ def _check(
                 assert delivered[stream].get(token) == want, f"{stream} token {token} lost or differs"
 
 
+async def _kill_redis_clients(redis_url: str, name: str) -> None:
+    import redis.asyncio as aioredis
+
+    admin = aioredis.Redis.from_url(redis_url)
+    try:
+        for client in await admin.client_list():
+            if client.get("name") == name:
+                await admin.client_kill_filter(_id=client["id"])
+    finally:
+        await admin.aclose()
+
+
 @settings(
     max_examples=15,
     deadline=None,
@@ -197,5 +219,24 @@ def test_no_row_lost_or_duplicated(actions: list[tuple[Any, ...]]) -> None:
         async def run() -> None:
             async with asyncio.timeout(60):
                 await _scenario(actions, Path(tmp))
+
+        asyncio.run(run())
+
+
+@pytest.mark.redis
+@settings(
+    max_examples=5,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    database=None,
+)
+@given(actions=st.lists(ACTIONS, min_size=4, max_size=12))
+def test_no_row_lost_or_duplicated_on_redis(redis_url: str, actions: list[tuple[Any, ...]]) -> None:
+    """The same property over a real Redis bus: dropped subscriber/publisher connections, main restarts."""
+    with tempfile.TemporaryDirectory() as tmp:
+
+        async def run() -> None:
+            async with asyncio.timeout(60):
+                await _scenario(actions, Path(tmp), redis_url)
 
         asyncio.run(run())
