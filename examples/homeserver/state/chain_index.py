@@ -160,24 +160,32 @@ class ChainCoverIndex:
         return out
 
     def closure_oracle(self, common: Collection[str]) -> Callable[[str], bool]:
-        """A test for "ancestor-or-self of some event of ``common``" (the walk's oracle, §4.3)."""
+        """A test for "ancestor-or-self of some event of ``common``" (the walk's oracle, §4.3).
+
+        Nothing is computed up front: per chain, the highest ``seq`` held by a common event is
+        found on demand by scanning the chain from its top (memoised), and links into a chain
+        are read from the highest target down, so a test costs only what it touches.
+        """
         pos = self.position
-        get = pos.get
-        found = [p for e in common if (p := get(e)) is not None]
-        u_max: dict[int, int] = dict(found)  # one event per chain: the usual case, C speed
-        if len(u_max) != len(found):
-            u_max = {}
-            for c, s in found:
-                if s > u_max.get(c, 0):
-                    u_max[c] = s
-        common_unknown = {e for e in common if e not in pos} if len(found) != len(common) else set()
+        chains = self.chains
         into = self.into
         into_sorted = self._into_sorted
+        u_top: dict[int, int] = {}
+
+        def top_common(c: int) -> int:
+            t = u_top.get(c)
+            if t is None:
+                events = chains[c]
+                t = len(events)
+                while t > 0 and events[t - 1] not in common:
+                    t -= 1
+                u_top[c] = t
+            return t
 
         def reached(c: int, s: int) -> bool:
-            # Some event of ``common`` on a chain linking into ``c`` at ``>= s``? Links are
-            # scanned from the highest target down, so only links above ``s`` are read.
-            if u_max.get(c, 0) >= s:
+            # Some event of ``common`` on ``c`` at ``>= s``, or on a chain linking into ``c``
+            # at ``>= s`` from a ``seq`` it holds? Only links above ``s`` are read.
+            if top_common(c) >= s:
                 return True
             links_in = into[c]
             if not into_sorted[c]:
@@ -187,14 +195,14 @@ class ChainCoverIndex:
                 target, src, origin = links_in[i]
                 if target < s:
                     return False
-                if u_max.get(src, 0) >= origin:
+                if top_common(src) >= origin:
                     return True
             return False
 
         def is_common(x: str) -> bool:
             p = pos.get(x)
             if p is None:
-                if x in common_unknown:
+                if x in common:
                     return True
                 return any(reached(*pos[citer]) for citer in self.dangling.get(x, ()))
             return reached(p[0], p[1])
