@@ -72,8 +72,13 @@ def ratio_line(label: str, cand: list[float], limit: list[float], bound: float) 
 # -- limits ---------------------------------------------------------------------------------
 
 
-def l_db(connect: Callable[[], Any], n_from: int, n_to: int, page: int, pg: bool = False) -> float:
-    """Raw paged SELECT ... ORDER BY stream_id LIMIT page, json.dumps each row, format RDATA."""
+def l_db(
+    connect: Callable[[], Any], n_from: int, n_to: int, page: int, pg: bool = False, encode: bool = True
+) -> float:
+    """Raw paged SELECT ... ORDER BY stream_id LIMIT page, json.dumps each row, format RDATA.
+
+    ``encode=False`` gives bare paging (no JSON), printed for orientation only.
+    """
     conn = connect()
     sql = DEVICE_SQL.replace("?", "%s") if pg else DEVICE_SQL
     cur = conn.cursor()
@@ -83,9 +88,10 @@ def l_db(connect: Callable[[], Any], n_from: int, n_to: int, page: int, pg: bool
     while True:
         cur.execute(sql, ("master", frm, n_to, "master", frm, n_to, page))
         batch = cur.fetchall()
-        for sid, entity in batch:
-            line = f"RDATA device_lists master {sid} {dumps([entity], separators=(',', ':'))}\n"
-            del line
+        if encode:
+            for sid, entity in batch:
+                line = f"RDATA device_lists master {sid} {dumps([entity], separators=(',', ':'))}\n"
+                del line
         rows += len(batch)
         if len(batch) < page:
             break
@@ -299,6 +305,7 @@ async def live_rate(tmp: Path, n_changes: int, devices_per_change: int = 500) ->
                 await main.change_devices(f"@user{i % 1000}:example.com", devices, [])
 
         with LoggingContext("bench-writer"):
+            cpu0 = time.process_time()
             t0 = time.perf_counter()
             await asyncio.gather(*(one(i) for i in range(n_changes)))
             written = time.perf_counter() - t0
@@ -307,7 +314,13 @@ async def live_rate(tmp: Path, n_changes: int, devices_per_change: int = 500) ->
                 await asyncio.sleep(0.01)
             elapsed = time.perf_counter() - t0
         if os.environ.get("BENCH_DEBUG"):
-            print(f"    (writes done after {written:.3f}s, worker caught up after {elapsed:.3f}s)")
+            with open(f"/proc/{proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            worker_cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            print(
+                f"    (writes done after {written:.3f}s, worker caught up after {elapsed:.3f}s; "
+                f"main CPU {time.process_time() - cpu0:.2f}s, worker CPU total {worker_cpu:.2f}s)"
+            )
     finally:
         proc.terminate()
         await proc.wait()
@@ -366,6 +379,8 @@ async def amain(args: argparse.Namespace) -> int:
             print(f"\nP2 catch-up from SQLite: {args.rows:,} device_lists rows, page {page}")
             print(fmt("candidate: POSITION -> synced", cand))
             print(fmt("L_db", lim))
+            bare = [l_db(lambda: sqlite3.connect(db_path), 1, upto, page, encode=False) for _ in range(3)]
+            print(fmt("(bare paging, no JSON: orientation)", bare))
             print(ratio_line("catch-up / L_db", cand, lim, 0.5))
             failed |= statistics.median(cand) < 0.5 * statistics.median(lim)
         if args.events:
