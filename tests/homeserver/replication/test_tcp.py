@@ -312,3 +312,21 @@ async def test_oversized_rdata_becomes_position(db_cfg: DatabaseConfig) -> None:
             assert got == [(2, "live"), (3, "catch_up"), (4, "live")]
             assert main.handler.stats.dropped("device_lists", "oversize") == 1
             peer.close()
+
+
+async def test_remote_server_up_is_relayed_to_others_only(db_cfg: DatabaseConfig) -> None:
+    """REMOTE_SERVER_UP from one worker reaches the main process and every other worker, not the sender."""
+    from homeserver.replication.protocol import RemoteServerUpCommand
+
+    async with asyncio.timeout(10), running_main(db_cfg) as main:
+        async with running_worker("w1", db_cfg, main) as w1, running_worker("w2", db_cfg, main) as w2:
+            await wait_until(lambda: synced(w1) and synced(w2))
+            seen: dict[str, list[str]] = {"main": [], "w1": [], "w2": []}
+            main.handler.on_remote_server_up = seen["main"].append
+            w1.handler.on_remote_server_up = seen["w1"].append
+            w2.handler.on_remote_server_up = seen["w2"].append
+            assert w1.client is not None and w1.client.connection is not None
+            w1.client.connection.send_command(RemoteServerUpCommand("remote.example"))
+            await wait_until(lambda: seen["w2"] == ["remote.example"], what="relayed")
+            await asyncio.sleep(0.1)
+            assert seen == {"main": ["remote.example"], "w1": [], "w2": ["remote.example"]}
