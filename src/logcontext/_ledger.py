@@ -333,13 +333,13 @@ def switch(led: Ledger, new: Any) -> None:
         now = led.wall()
         led.charged = new
         if old is not _SENTINEL:
-            pend = led.pend
-            pend[old] += now - led.wlast
+            d = now - led.wlast
+            led.pend[old] += d
             led.wlast = now
             if old.finished:
                 led.lat.add(old)
             if old._token is None or now >= led.wdl:
-                close_window(led, now)
+                close_window(led, now, old, d)
             return
         led.wlast = now
         if now >= led.wdl:
@@ -417,16 +417,21 @@ def _flush_exact(led: Ledger) -> list[tuple[Any, int, int]]:
     return items
 
 
-def close_window(led: Ledger, now: int) -> list[tuple[Any, int, int]]:
+def close_window(led: Ledger, now: int, last: Any = None, d_last: int = 0) -> list[tuple[Any, int, int]]:
     """Close the window: charge the pending CPU (fast path) or, in the ``sampled``
     mode, read the thread clock and split the window's CPU over the wall shares.
 
-    The caller has added the charged context's share up to ``now``. Returns the
-    charges made ``(context, user_ns, system_ns)``.
+    The caller has added the charged context's share up to ``now``. ``last`` and
+    ``d_last`` name the step (context, wall ns) that ended at ``now``: if that one
+    step spans most of the window it was probably preempted or blocked, so the
+    other shares are served first and it gets what CPU is left (at most its wall
+    time) instead of a share inflated by time off-CPU. Returns the charges made
+    ``(context, user_ns, system_ns)``.
     """
     if led.flags_gen != _clock._generation:
         _reconfigure(led)  # drops the shares measured under the old settings
         return []
+    span = now - led.wopen
     led.wopen = now
     led.wdl = now + led.window_ns
     if led.fast == 1:
@@ -466,15 +471,19 @@ def close_window(led: Ledger, now: int) -> list[tuple[Any, int, int]]:
     if not pend:
         led.unattributed_ns += cpu
         return []
+    held = 0
+    if last is not None and d_last * 2 > span and ds == 0 and pend.get(last, 0) >= d_last:
+        held = d_last
+        pend[last] -= d_last
     total = sum(pend.values())
-    if total <= 0 or cpu <= 0:
+    if cpu <= 0 or total + held <= 0:
         pend.clear()
         led.unattributed_ns += cpu
         return []
     items: list[tuple[Any, int, int]]
     if total <= cpu and ds == 0:
         # The usual case: metered steps were on-CPU, each gets exactly its share.
-        items = [(ctx, w, 0) for ctx, w in pend.items()]
+        items = [(ctx, w, 0) for ctx, w in pend.items() if w > 0]
         charged = total
     else:
         given = min(total, cpu)
@@ -486,6 +495,11 @@ def close_window(led: Ledger, now: int) -> list[tuple[Any, int, int]]:
                 au = a * du // cpu
                 items.append((ctx, au, a - au))
                 charged += a
+    if held:
+        extra = min(cpu - charged, held)
+        if extra > 0:
+            items.append((last, extra, 0))
+            charged += extra
     pend.clear()
     led.attributed_ns += charged
     led.unattributed_ns += cpu - charged

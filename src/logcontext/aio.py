@@ -115,13 +115,14 @@ class MeteredCoroutine(Coroutine[Any, Any, T]):
                 if old is not _SENTINEL:
                     if fast == 2:
                         now = led.wall()
-                        led.pend[old] += now - led.wlast
+                        d = now - led.wlast
+                        led.pend[old] += d
                         if old.finished:
                             led.lat.add(old)
                         led.wlast = now
                         led.charged = _SENTINEL
                         if now >= led.wdl:
-                            _close_window(led, now)
+                            _close_window(led, now, old, d)
                     elif fast == 1:
                         now = led.clk()
                         led.pend[old] += now - led.last_u

@@ -168,10 +168,11 @@ def _spin_wall(ms: float) -> None:
         pass
 
 
-@pytest.mark.parametrize("mode", ["exact", "lazy", "sampled"])
+@pytest.mark.parametrize("mode", ["exact", "sampled"])
 def test_wall_clock_burners_within_25_percent(mode: str) -> None:
     """Clock `wall`: interleaved tasks spinning 5 steps of 2 ms and 10 ms of wall time are
-    charged about 10 ms and 50 ms (within 25 %)."""
+    charged about 10 ms and 50 ms (within 25 %). (Not lazy: there the loop's time, including
+    any preemption on a busy machine, lands on the previous step's context by design.)"""
     logcontext.configure(clock="wall", step_mode=mode)  # type: ignore[arg-type]
 
     async def spinner(name: str, ms: float) -> LoggingContext:

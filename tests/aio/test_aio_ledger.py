@@ -295,3 +295,26 @@ def test_set_sample_window_rejects_bad_values() -> None:
         _ledger.set_sample_window(-1)
     with pytest.raises(ValueError):
         _ledger.set_sample_window("1")  # type: ignore[arg-type]
+
+
+def test_sampled_preempted_step_gets_the_residual_not_its_wall_share(clocks: Clocks) -> None:
+    """sampled: a step that spans most of its window (preempted: 4 ms of wall, 0.1 ms of CPU)
+    gets the window's CPU left after the on-CPU steps' shares, not a share inflated by its
+    time off-CPU; the on-CPU steps keep exactly what they burnt."""
+    logcontext.configure(step_mode="sampled")
+    _ledger.set_sample_window(1)
+    led = _resync()
+    un0 = led.unattributed_ns
+    a, b = LoggingContext("a"), LoggingContext("b")
+    ta = Task(_script(a, clocks, [(300 * US, 300 * US)] * 2 + [(0, 0)]))
+    tb = Task(_script(b, clocks, [(4 * MS, 100 * US), (0, 0)]))
+    ta.step()  # a: 0.3 ms on-CPU
+    tb.step()  # b: preempted, 4 ms of wall for 0.1 ms of CPU -> closes the window
+    ua = a.get_resource_usage().ru_utime
+    ub = b.get_resource_usage().ru_utime
+    assert ua == pytest.approx(300e-6)
+    assert ub == pytest.approx(100e-6)
+    _interleave([ta, tb], clocks, 0)
+    assert a.get_resource_usage().ru_utime == pytest.approx(600e-6)
+    assert b.get_resource_usage().ru_utime == pytest.approx(100e-6)
+    assert led.unattributed_ns == un0  # no loop overhead was scripted
