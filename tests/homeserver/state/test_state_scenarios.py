@@ -238,3 +238,40 @@ def test_auth_failure_names_the_rule() -> None:
     with pytest.raises(AuthFailure) as exc:
         check_auth(topic, {**auth, ("m.room.member", "@bob:x"): bob}, rules)
     assert exc.value.rule_id == "R7"
+
+
+def test_empty_and_single_inputs() -> None:
+    """No input resolves to {}; one input is returned as a new dict equal to it."""
+    assert resolve_state("10", [], []) == {}
+    only = {("m.room.create", ""): "$c"}
+    got = resolve_state("10", [only], [])
+    assert got == only and got is not only
+
+
+async def test_async_resolution_yields_to_the_loop() -> None:
+    """A long resolution over an async source lets other tasks run while it works."""
+    import asyncio
+
+    from _state_vectors import LazySource
+
+    from homeserver.state import resolve_state_async
+
+    c = case("v6/random/room300-3way-s1035")
+    ticks = 0
+    done = False
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not done:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    src = LazySource(InMemoryEventSource.from_vector(c))
+    try:
+        await resolve_state_async(c["room_id"], rules_for(c["room_version"]), inputs_of(c), src)
+    finally:
+        done = True
+        await task
+    assert ticks > 3
+    assert src.event_fetches > 0
