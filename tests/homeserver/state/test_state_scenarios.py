@@ -253,7 +253,6 @@ async def test_async_resolution_yields_to_the_loop() -> None:
     import asyncio
 
     from _state_vectors import LazySource
-
     from homeserver.state import resolve_state_async
 
     c = case("v6/random/room300-3way-s1035")
