@@ -74,6 +74,88 @@ def median_ms(fn: Callable[..., Any], runs: int, setup: Callable[[], Any] | None
     return statistics.median(times)
 
 
+# -- the reference, side by side ----------------------------------------------------------------
+
+
+def synapse_resolver(
+    version: str,
+    room_id: str,
+    event_dicts: list[dict[str, Any]],
+    rejected: dict[str, str],
+    inputs: list[dict[tuple[str, str], str]],
+    source: InMemoryEventSource,
+) -> Callable[[], Any] | None:
+    """Synapse's ``resolve_events_with_store`` on the same room, if Synapse is installed.
+
+    Its store hands over the auth difference (and v12 subgraph) precomputed, for free: the
+    comparison is favourable to Synapse. Returns None without Synapse.
+    """
+    try:
+        import synapse.event_auth  # noqa: F401  (import order: synapse.state has a cycle)
+        from synapse.api.room_versions import KNOWN_ROOM_VERSIONS
+        from synapse.events import make_event_from_dict
+        from synapse.state import v2
+        from synapse.state.v2 import StateDifference
+    except Exception:  # pragma: no cover - optional comparison
+        return None
+    from homeserver.state.authdiff import conflicted_subgraph
+
+    rv = KNOWN_ROOM_VERSIONS[version]
+    evs = {}
+    for d in event_dicts:
+        d = dict(d)
+        if version == "2":
+            eid = d["event_id"]
+            d["auth_events"] = [a if isinstance(a, list) else [a, {}] for a in d["auth_events"]]
+            d["prev_events"] = [a if isinstance(a, list) else [a, {}] for a in d["prev_events"]]
+        else:
+            eid = d.pop("event_id")
+        d.setdefault("hashes", {})
+        d.setdefault("signatures", {})
+        d.setdefault("depth", 1)
+        ev = make_event_from_dict(d, rv, rejected_reason=rejected.get(eid))
+        if ev.event_id != eid:
+            return None  # synthetic IDs of v3+ rooms are not reference hashes
+        evs[eid] = ev
+    diff = full_auth_difference([set(s.values()) for s in inputs], source.nodes)
+
+    class Clock:
+        async def sleep(self, duration: Any) -> None:
+            return None
+
+    class Store:
+        async def get_events(self, event_ids: Any, allow_rejected: bool = False) -> Any:
+            return {e: evs[e] for e in event_ids if e in evs}
+
+        async def get_auth_chain_difference(
+            self, room_id: str, state_sets: Any, conflicted: Any, extra: Any
+        ) -> Any:
+            sub = None
+            if conflicted is not None:
+                sub = conflicted_subgraph(set(conflicted) | set(extra or ()), source.nodes)
+            return StateDifference(auth_difference=diff, conflicted_subgraph=sub)
+
+    def once() -> Any:
+        coro = v2.resolve_events_with_store(Clock(), room_id, rv, inputs, {}, Store())
+        try:
+            coro.send(None)
+        except StopIteration as stop:
+            return stop.value
+        raise RuntimeError("Synapse's resolution suspended")
+
+    return once
+
+
+def compare(ours_ms: float, ref: Callable[[], Any] | None, want: Any, runs: int) -> str:
+    if ref is None:
+        return ""
+    got = ref()
+    if dict(got) != dict(want):
+        return "   Synapse: different result!"
+    ref_ms = median_ms(ref, runs)
+    return f"   Synapse {ref_ms:7.2f} ms   ours/Synapse {ours_ms / ref_ms:5.2f}x"
+
+
 # -- 1. vectors ---------------------------------------------------------------------------------
 
 
@@ -90,9 +172,13 @@ def bench_vectors(runs: int) -> None:
             stages = ResolutionStages()
             resolve_state(c["room_version"], inputs, src, room_id=c["room_id"], stages=stages)
             ms = median_ms(lambda: resolve_state(c["room_version"], inputs, src, room_id=c["room_id"]), runs)
+            want = resolve_state(c["room_version"], inputs, src, room_id=c["room_id"])
+            ref = synapse_resolver(
+                c["room_version"], c["room_id"], c["events"], c.get("rejected", {}), inputs, src
+            )
             print(
                 f"  {c['name']:<40} events={len(c['events']):4d} full_set={len(stages.full_conflicted_set):4d}"
-                f"  {ms:7.2f} ms"
+                f"  {ms:7.2f} ms{compare(ms, ref, want, runs)}"
             )
 
 
@@ -259,14 +345,15 @@ class RoomGen:
         return self
 
 
-def synthetic_room(version: str, common: int, fork: int, seed: int) -> tuple[Any, list[Any], str]:
+def synthetic_room(version: str, common: int, fork: int, seed: int) -> tuple[Any, list[Any], str, list[Any]]:
     base = RoomGen(version, seed).grow(common)
     a = base.fork(seed * 31 + 1).grow(fork)
     b = base.fork(seed * 31 + 2)
     b.n += 10_000  # distinct IDs on the second fork
     b.grow(fork)
     events = {**a.events, **b.events}
-    return InMemoryEventSource(events.values()), [a.state, b.state], base.room_id
+    dicts = {d["event_id"]: d for d in [*a.dicts, *b.dicts]}
+    return InMemoryEventSource(events.values()), [a.state, b.state], base.room_id, list(dicts.values())
 
 
 def bench_synthetic(runs: int) -> None:
@@ -279,16 +366,19 @@ def bench_synthetic(runs: int) -> None:
         "big-fork": "112-131",
         "all-fork": "112-131",
     }
-    for version in ("10", "12"):
+    print("   (spec anchors: Synapse on the spec's machine; side by side: Synapse here, v2 rooms,")
+    print("    whose explicit event IDs it accepts; v10/v12 synthetic IDs are not reference hashes)")
+    for version in ("2", "10", "12"):
         for name, common, fork in shapes:
-            src, inputs, room_id = synthetic_room(version, common, fork, seed=7)
+            src, inputs, room_id, dicts = synthetic_room(version, common, fork, seed=7)
             stages = ResolutionStages()
-            resolve_state(version, inputs, src, room_id=room_id, stages=stages)
+            want = resolve_state(version, inputs, src, room_id=room_id, stages=stages)
             ms = median_ms(lambda: resolve_state(version, inputs, src, room_id=room_id), runs)
+            ref = synapse_resolver(version, room_id, dicts, {}, inputs, src) if version == "2" else None
             print(
                 f"  v{version:<3} {name:<11} events={len(src.events):5d} conflicted={len(stages.conflicted):4d}"
                 f" full_set={len(stages.full_conflicted_set):4d}  {ms:8.2f} ms"
-                f"   (reference: {anchors[name]} ms)"
+                f"   (anchor: {anchors[name]} ms){compare(ms, ref, want, runs)}"
             )
 
 

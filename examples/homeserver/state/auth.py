@@ -7,6 +7,7 @@ malformed content raises a categorised `InvalidEventError` at the point it is re
 from __future__ import annotations
 
 import base64
+import functools
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -265,6 +266,7 @@ def _b64decode(s: str) -> bytes:
     return base64.b64decode(s, validate=True)
 
 
+@functools.lru_cache(maxsize=4096)
 def _ed25519_verify(public_key: bytes, signature: bytes, message: bytes) -> bool:
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey

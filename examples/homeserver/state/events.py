@@ -53,12 +53,22 @@ def to_level(value: object, what: str, event_id: str | None) -> int:
     raise InvalidEventError(f"power level {what} is not a number: {value!r}", event_id, category=_PL_CATEGORY)
 
 
+_DOMAINS: dict[str, str] = {}
+
+
 def domain_of(user_id: object, event_id: str | None = None) -> str:
     """The server name of a user ID (the part after the first ``:``)."""
     if isinstance(user_id, str):
+        d = _DOMAINS.get(user_id)
+        if d is not None:
+            return d
         i = user_id.find(":")
         if i >= 0:
-            return user_id[i + 1 :]
+            d = user_id[i + 1 :]
+            if len(_DOMAINS) > 65536:
+                _DOMAINS.clear()
+            _DOMAINS[user_id] = d
+            return d
     raise InvalidEventError(f"not a user ID: {user_id!r}", event_id)
 
 

@@ -12,6 +12,7 @@ import heapq
 from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, closing
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any, Protocol, TypeVar
 
 from ._instrument import resolution_scope
@@ -88,6 +89,9 @@ class EventSource(Protocol):
     async def get_auth_nodes(self, ids: Collection[str]) -> Mapping[str, tuple[int, tuple[str, ...]]]: ...
 
     def chain_index(self) -> Any: ...
+
+
+_MISSING: Any = object()
 
 
 class _NeedEvents(Exception):
@@ -171,6 +175,9 @@ def split_state(
     return unconflicted, conflicted, masks, common
 
 
+_STR, _TUPLE, _TWO = frozenset({str}), frozenset({tuple}), frozenset({2})
+
+
 def _check_inputs(state_sets: Sequence[object]) -> list[dict[StateKey, str]]:
     if not isinstance(state_sets, Sequence) or isinstance(state_sets, str | bytes):
         raise InvalidEventError("state_sets must be a sequence of state maps", category="invalid_input")
@@ -178,6 +185,14 @@ def _check_inputs(state_sets: Sequence[object]) -> list[dict[StateKey, str]]:
     for i, s in enumerate(state_sets):
         if not isinstance(s, Mapping):
             raise InvalidEventError(f"state set {i} is not a mapping", category="invalid_input")
+        if (
+            set(map(type, s.values())) <= _STR
+            and set(map(type, s)) <= _TUPLE
+            and set(map(len, s)) <= _TWO
+            and set(map(type, chain.from_iterable(s))) <= _STR
+        ):
+            out.append(s if isinstance(s, dict) else dict(s))
+            continue  # the common case, checked at C speed; else find the culprit below
         for k, v in s.items():
             if (
                 not isinstance(k, tuple)
@@ -288,6 +303,8 @@ def _iac(
     state = dict(start)
     every = opts.yield_every
     readmit = opts.readmit_rejected
+    get = ctx.events.get
+    room = ctx.room_id
     for i, eid in enumerate(order, 1):
         if every and i % every == 0:
             yield ("pause", ())
@@ -296,15 +313,20 @@ def _iac(
             raise UnknownEventError(f"event {eid} is not available", eid)
         auth_map: dict[StateKey, PDU] = {}
         for aid in ev.auth_event_ids:
-            a = ctx.ev(aid)
+            a = get(aid, _MISSING)
+            if a is _MISSING or (a is not None and a.room_id != room):
+                a = ctx.ev(aid)  # slow path: fetch, unknown or wrong room
             if a is not None and a.rejected_reason is None:
-                auth_map[a.key()] = a
+                sk = a.state_key
+                auth_map[(a.type, sk) if sk is not None else a.key()] = a
         mismatch = False
         for k in auth_types(ev, rules):
             sid = state.get(k)
             if sid is None:
                 continue
-            a = ctx.ev(sid)
+            a = get(sid, _MISSING)
+            if a is _MISSING or (a is not None and a.room_id != room):
+                a = ctx.ev(sid)
             if a is None:
                 raise UnknownEventError(f"state event {sid} for {k!r} is not available", sid)
             if a.rejected_reason is None:
