@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import InvalidEventError
+from .errors import InvalidEventError, StateResolutionError
 from .events import (
     ALIASES,
     CREATE,
@@ -268,9 +268,23 @@ def _b64decode(s: str) -> bytes:
 
 @functools.lru_cache(maxsize=4096)
 def _ed25519_verify(public_key: bytes, signature: bytes, message: bytes) -> bool:
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
+    try:
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    except ImportError:  # pragma: no cover - PyNaCl as the alternative
+        try:
+            import nacl.exceptions
+            import nacl.signing
+        except ImportError:
+            raise StateResolutionError(
+                "verifying third-party invites needs the 'cryptography' package",
+                category="missing_dependency",
+            ) from None
+        try:
+            nacl.signing.VerifyKey(public_key).verify(message, signature)
+        except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
+            return False
+        return True
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
     except (InvalidSignature, ValueError):
