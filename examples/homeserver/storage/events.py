@@ -124,7 +124,39 @@ def persist_events_txn(txn: Any, rows: Sequence[tuple[PDU, str, int, bool]]) -> 
             "INSERT INTO event_edges (event_id, idx, prev_event_id) VALUES (?, ?, ?)",
             [(eid, i, p) for i, p in enumerate(pdu.prev_event_ids)],
         )
+    _repair_ranks_txn(txn, new_ranks, ranks)
     return new_ranks
+
+
+def _repair_ranks_txn(txn: Any, new_ranks: dict[str, int], ranks: dict[str, int]) -> None:
+    """Keep ``rank(citer) > rank(cited)`` when an auth event arrives after events citing it.
+
+    Stored events that cite a newly stored one (they counted it as unknown, rank 0) are
+    re-ranked, and so on up through their own citers. Re-ranked IDs are added to
+    ``new_ranks`` so callers refresh their caches.
+    """
+    todo = list(new_ranks)
+    limit: int | None = None  # ranks of a DAG never exceed its number of events
+    while todo:
+        batch, todo = todo[:_BATCH], todo[_BATCH:]
+        txn.execute(
+            "SELECT a.event_id, a.auth_id, e.auth_rank FROM event_auth AS a"
+            " JOIN events AS e ON e.event_id = a.event_id"
+            f" WHERE a.auth_id IN ({','.join('?' * len(batch))})",
+            tuple(batch),
+        )
+        for citer, cited, citer_rank in txn.fetchall():
+            current = max(int(citer_rank), ranks.get(citer, 0))
+            need = ranks[cited] + 1
+            if current < need:
+                if limit is None:
+                    txn.execute("SELECT COUNT(*) FROM events")
+                    limit = int(txn.fetchone()[0])
+                if need > limit:
+                    raise InvalidAuthGraph(f"auth cycle through {cited}", cited)
+                ranks[citer] = new_ranks[citer] = need
+                txn.execute("UPDATE events SET auth_rank = ? WHERE event_id = ?", (need, citer))
+                todo.append(citer)
 
 
 def get_event_rows_txn(txn: Any, ids: Sequence[str]) -> list[tuple[str, str, str | None, int, str | None]]:
@@ -275,16 +307,24 @@ class EventStore:
             depth = d.get("depth", 0)
             rows.append((pdu, json.dumps(d, ensure_ascii=False), depth if type(depth) is int else 0, outlier))
         ranks = await self.pool.run_interaction("persist_events", persist_events_txn, rows)
+        stored = {pdu.event_id for pdu, _, _, _ in rows if pdu.event_id in ranks}
         if room_id in self._counts:
-            self._counts[room_id] += len(ranks)
+            self._counts[room_id] += len(stored)
+        for eid in set(ranks) - stored:  # older events re-ranked: forget their cached copies
+            self._events.pop(eid, None)
+            self._nodes.pop(eid, None)
         idx = self._indexes.get(room_id)
+        if idx is not None and any(e in idx.dangling for e in stored):
+            # An auth event arrived after events citing it: rebuild the index when next used.
+            del self._indexes[room_id]
+            idx = None
         for pdu, _, _, _ in rows:
-            if pdu.event_id in ranks:
+            if pdu.event_id in stored:
                 self._events.put(pdu.event_id, pdu)
                 self._nodes.put(pdu.event_id, (pdu.auth_rank, pdu.auth_event_ids))
         if idx is not None:
             for pdu, _, _, _ in sorted(rows, key=lambda r: r[0].auth_rank):
-                if pdu.event_id in ranks:
+                if pdu.event_id in stored:
                     idx.add(pdu.event_id, pdu.type, pdu.state_key, pdu.auth_event_ids)
         return [r[0] for r in rows]
 

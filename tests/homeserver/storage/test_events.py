@@ -170,3 +170,39 @@ async def test_cycle_in_batch_is_refused() -> None:
                 await EventStore(p).persist_events("!r:x", evs)
     finally:
         await p.close()
+
+
+async def test_late_auth_event_reranks_citers() -> None:
+    """An auth event stored after events citing it re-ranks them (and their citers) above it."""
+    p = DatabasePool.sqlite(":memory:")
+    try:
+        with LoggingContext("t"):
+            await p.run_interaction("apply_schema", apply_schema)
+            await RoomStore(p).store_room("!r:x", "2")
+
+            def ev(eid: str, auth: list[str]) -> dict[str, Any]:
+                return {
+                    "event_id": eid,
+                    "room_id": "!r:x",
+                    "type": "m.room.topic",
+                    "state_key": eid,
+                    "sender": "@a:x",
+                    "content": {},
+                    "origin_server_ts": 1,
+                    "auth_events": [[a, {}] for a in auth],
+                    "prev_events": [],
+                }
+
+            store = EventStore(p)
+            await store.persist_events("!r:x", [ev("$c", ["$b"]), ev("$d", ["$c"])])
+            await store.persist_events("!r:x", [ev("$a", []), ev("$b", ["$a"])])
+            nodes = await EventStore(p).get_auth_nodes(["$a", "$b", "$c", "$d"])
+            assert [nodes[e][0] for e in ("$a", "$b", "$c", "$d")] == [1, 2, 3, 4]
+            assert (await store.get_auth_nodes(["$d"]))["$d"][0] == 4
+            # $e cites the unknown $f; $f arriving with $e as its auth event closes a cycle.
+            await store.persist_events("!r:x", [ev("$e", ["$f"])])
+            with pytest.raises(InvalidAuthGraph):
+                await store.persist_events("!r:x", [ev("$f", ["$e"])])
+            assert "$f" not in await EventStore(p).get_events(["$f"])
+    finally:
+        await p.close()
