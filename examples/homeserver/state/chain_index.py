@@ -40,6 +40,10 @@ class ChainCoverIndex:
         self.into: list[list[tuple[int, int, int]]] = []
         self._into_sorted: list[bool] = []
         self.dangling: dict[str, list[str]] = {}
+        #: Links added since the last `take_new_links` (for a store to persist).
+        self.new_links: list[tuple[int, int, int, int]] = []
+        #: True when built by `from_rows` (loaded from a store's tables).
+        self.from_storage = False
 
     def __len__(self) -> int:
         return len(self.position)
@@ -99,11 +103,56 @@ class ChainCoverIndex:
             if t > st.max_at(seq):
                 st.origins.append(seq)
                 st.targets.append(t)
+                self.new_links.append((chain, seq, c2, t))
                 into = self.into[c2]
                 if into and into[-1][0] > t:
                     self._into_sorted[c2] = False
                 into.append((t, chain, seq))
         return chain, seq
+
+    def take_new_links(self) -> list[tuple[int, int, int, int]]:
+        """``(origin_chain, origin_seq, target_chain, target_seq)`` added since the last call."""
+        out, self.new_links = self.new_links, []
+        return out
+
+    @classmethod
+    def from_rows(
+        cls,
+        positions: Iterable[tuple[str, int, int, str, str | None]],
+        links: Iterable[tuple[int, int, int, int]],
+        dangling: Iterable[tuple[str, str]] = (),
+    ) -> ChainCoverIndex:
+        """Rebuild an index from stored rows: ``(event_id, chain, seq, type, state_key)``,
+        links, and ``(unknown auth ID, citing event)`` pairs. Gaps raise `ValueError`."""
+        idx = cls()
+        for eid, c, s, etype, sk in sorted(positions, key=lambda r: (r[1], r[2])):
+            while len(idx.chains) <= c:
+                idx.chains.append([])
+                idx.chain_keys.append(("", None))
+                idx.links.append({})
+                idx.into.append([])
+                idx._into_sorted.append(False)
+            chain = idx.chains[c]
+            if len(chain) != s - 1:
+                raise ValueError(f"chain {c} has no seq {len(chain) + 1} before {s}")
+            if s == 1:
+                idx.chain_keys[c] = (etype, sk)
+            chain.append(eid)
+            idx.position[eid] = (c, s)
+        if any(not ch for ch in idx.chains):
+            raise ValueError("empty chain in stored index")
+        for oc, os_, tc, ts in sorted(links):
+            st = idx.links[oc].get(tc)
+            if st is None:
+                st = idx.links[oc][tc] = _Stair()
+            if ts > st.max_at(os_):
+                st.origins.append(os_)
+                st.targets.append(ts)
+                idx.into[tc].append((ts, oc, os_))
+        for aid, eid in dangling:
+            idx.dangling.setdefault(aid, []).append(eid)
+        idx.from_storage = True
+        return idx
 
     def reaches(self, a: str, b: str) -> bool:
         """Whether ``b`` is ``a`` or one of its auth ancestors (both indexed)."""

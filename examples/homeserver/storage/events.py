@@ -36,6 +36,7 @@ __all__ = [
     "get_state_group_txn",
     "persist_events_txn",
     "set_membership_txn",
+    "store_chain_index_txn",
     "store_state_group_txn",
 ]
 
@@ -246,6 +247,53 @@ def _count_events_txn(txn: Any, room_id: str) -> int:
     return int(txn.fetchone()[0])
 
 
+def _load_chain_index_txn(txn: Any, room_id: str) -> tuple[list[Any], list[Any], list[Any], int]:
+    txn.execute(
+        "SELECT c.event_id, c.chain_id, c.seq, e.type, e.state_key FROM event_auth_chains AS c"
+        " JOIN events AS e ON e.event_id = c.event_id WHERE c.room_id = ?",
+        (room_id,),
+    )
+    positions = [(r[0], int(r[1]), int(r[2]), r[3], r[4]) for r in txn.fetchall()]
+    txn.execute(
+        "SELECT origin_chain, origin_seq, target_chain, target_seq FROM event_auth_chain_links"
+        " WHERE room_id = ?",
+        (room_id,),
+    )
+    links = [tuple(int(x) for x in r) for r in txn.fetchall()]
+    txn.execute(
+        "SELECT a.auth_id, a.event_id FROM event_auth AS a"
+        " JOIN events AS e ON e.event_id = a.event_id"
+        " LEFT JOIN events AS x ON x.event_id = a.auth_id"
+        " WHERE e.room_id = ? AND x.event_id IS NULL ORDER BY a.event_id, a.idx",
+        (room_id,),
+    )
+    dangling = [(r[0], r[1]) for r in txn.fetchall()]
+    return positions, links, dangling, _count_events_txn(txn, room_id)
+
+
+def store_chain_index_txn(
+    txn: Any,
+    room_id: str,
+    positions: Sequence[tuple[str, int, int]],
+    links: Sequence[tuple[int, int, int, int]],
+    *,
+    replace: bool,
+) -> None:
+    """Write index rows; ``replace`` first deletes the room's existing rows."""
+    if replace:
+        txn.execute("DELETE FROM event_auth_chains WHERE room_id = ?", (room_id,))
+        txn.execute("DELETE FROM event_auth_chain_links WHERE room_id = ?", (room_id,))
+    txn.executemany(
+        "INSERT INTO event_auth_chains (event_id, room_id, chain_id, seq) VALUES (?, ?, ?, ?)",
+        [(e, room_id, c, s) for e, c, s in positions],
+    )
+    txn.executemany(
+        "INSERT INTO event_auth_chain_links (room_id, origin_chain, origin_seq, target_chain,"
+        " target_seq) VALUES (?, ?, ?, ?, ?)",
+        [(room_id, *link) for link in links],
+    )
+
+
 class _LRU(OrderedDict[str, Any]):
     def __init__(self, size: int):
         super().__init__()
@@ -323,9 +371,19 @@ class EventStore:
                 self._events.put(pdu.event_id, pdu)
                 self._nodes.put(pdu.event_id, (pdu.auth_rank, pdu.auth_event_ids))
         if idx is not None:
+            added = []
             for pdu, _, _, _ in sorted(rows, key=lambda r: r[0].auth_rank):
                 if pdu.event_id in stored:
-                    idx.add(pdu.event_id, pdu.type, pdu.state_key, pdu.auth_event_ids)
+                    c, s = idx.add(pdu.event_id, pdu.type, pdu.state_key, pdu.auth_event_ids)
+                    added.append((pdu.event_id, c, s))
+            await self.pool.run_interaction(
+                "persist_chain_index",
+                store_chain_index_txn,
+                room_id,
+                added,
+                idx.take_new_links(),
+                replace=False,
+            )
         return [r[0] for r in rows]
 
     async def get_events(self, ids: Collection[str]) -> dict[str, PDU]:
@@ -364,14 +422,35 @@ class EventStore:
         return out
 
     async def build_chain_index(self, room_id: str) -> ChainCoverIndex:
-        """Build (once) the room's chain-cover index; later persists keep it up to date."""
+        """Load the room's chain-cover index from its tables, or build and store it if they
+        do not cover every event; later persists keep it (and the tables) up to date."""
         idx = self._indexes.get(room_id)
+        if idx is not None:
+            return idx
+        positions, links, dangling, count = await self.pool.run_interaction(
+            "load_chain_index", _load_chain_index_txn, room_id
+        )
+        if positions and len(positions) == count:
+            try:
+                idx = ChainCoverIndex.from_rows(positions, links, dangling)
+            except ValueError:
+                idx = None
         if idx is None:
             rows = await self.pool.run_interaction("load_auth_graph", _room_events_txn, room_id)
             idx = ChainCoverIndex()
             for eid, etype, sk, auth in rows:
                 idx.add(eid, etype, sk, auth)
-            self._indexes[room_id] = idx
+            new = [(e, c, s) for e, (c, s) in idx.position.items()]
+            await self.pool.run_interaction(
+                "store_chain_index",
+                store_chain_index_txn,
+                room_id,
+                new,
+                idx.take_new_links(),
+                replace=True,
+            )
+        idx.take_new_links()
+        self._indexes[room_id] = idx
         return idx
 
     def source(self, room_id: str) -> _RoomSource:

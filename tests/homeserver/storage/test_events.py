@@ -206,3 +206,25 @@ async def test_late_auth_event_reranks_citers() -> None:
             assert "$f" not in await EventStore(p).get_events(["$f"])
     finally:
         await p.close()
+
+
+async def test_chain_index_tables_round_trip(pool: DatabasePool) -> None:
+    """The chain index is stored in its tables, reloaded equal, and kept up to date on persist."""
+    c = _case("v12/random/room300-2way-s1037")
+    with LoggingContext("t"):
+        store = EventStore(pool)
+        half = len(c["events"]) // 2
+        first, rest = dict(c, events=c["events"][:half]), c["events"][half:]
+        await _load(store, first)
+        built = await store.build_chain_index(c["room_id"])
+        await store.persist_events(c["room_id"], rest, rejected=c.get("rejected"))
+        loaded = await EventStore(pool).build_chain_index(c["room_id"])
+        assert loaded.from_storage and not built.from_storage
+        assert len(loaded) == len(c["events"])
+        assert loaded.position == built.position
+        assert loaded.link_count == built.link_count
+        sets = [[e for _, _, e in s] for s in c["state_sets"]]
+        assert loaded.difference(sets) == set(c["stages"]["auth_difference"])
+        inputs = [{(t, k): e for t, k, e in s} for s in c["state_sets"]]
+        got = await EventStore(pool).resolve_state(c["room_id"], inputs, ResolveOptions(index="chain"))
+        assert got == {(t, k): e for t, k, e in c["expected"]}

@@ -65,3 +65,21 @@ CREATE TABLE IF NOT EXISTS local_current_membership (
     membership TEXT NOT NULL,
     PRIMARY KEY (room_id, user_id)
 );
+
+-- Chain-cover index of the auth DAG (per room; chain IDs are dense per room).
+CREATE TABLE IF NOT EXISTS event_auth_chains (
+    event_id TEXT NOT NULL PRIMARY KEY,
+    room_id TEXT NOT NULL,
+    chain_id BIGINT NOT NULL,
+    seq BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS event_auth_chains_room ON event_auth_chains (room_id, chain_id, seq);
+
+CREATE TABLE IF NOT EXISTS event_auth_chain_links (
+    room_id TEXT NOT NULL,
+    origin_chain BIGINT NOT NULL,
+    origin_seq BIGINT NOT NULL,
+    target_chain BIGINT NOT NULL,
+    target_seq BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS event_auth_chain_links_room ON event_auth_chain_links (room_id, origin_chain);
