@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Generator, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, closing
 from dataclasses import dataclass, field
 from itertools import chain
@@ -64,6 +64,14 @@ class ResolveOptions:
     walk_mode: str = "lazy"  # "lazy" | "eager" (how common state is expanded without an index)
     yield_every: int = 100
     trace_decisions: bool = False
+
+    def __post_init__(self) -> None:
+        if self.index not in ("auto", "walk", "chain"):
+            raise ValueError(f"index must be 'auto', 'walk' or 'chain', not {self.index!r}")
+        if self.walk_mode not in ("lazy", "eager"):
+            raise ValueError(f"walk_mode must be 'lazy' or 'eager', not {self.walk_mode!r}")
+        if type(self.yield_every) is not int or self.yield_every < 0:
+            raise ValueError(f"yield_every must be an int >= 0, not {self.yield_every!r}")
 
 
 @dataclass(slots=True)
@@ -782,12 +790,3 @@ async def resolve_state_async(
         order = source.rank_order if isinstance(source, InMemoryEventSource) else None
         gen = _resolve(ctx, rules, inputs, opts, phases, source.chain_index(), stages, order)
         return await _drive_async(gen, ctx, source)
-
-
-def iter_vector_cases(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
-    """Parse JSON-lines vector cases (blank lines skipped)."""
-    import json
-
-    for line in lines:
-        if line.strip():
-            yield json.loads(line)
