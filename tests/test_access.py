@@ -7,7 +7,8 @@ import logging
 
 import pytest
 
-from logcontext._access import AccessRecord, format_access_line, format_who, log_access
+from logcontext import ContextResourceUsage
+from logcontext._access import AccessRecord, access_values, format_access_line, format_who, log_access
 from logcontext.logging import JsonFormatter
 
 
@@ -84,3 +85,46 @@ def test_log_access_levels_and_json_layout(caplog: pytest.LogCaptureFixture) -> 
     assert doc["access"]["ru_utime"] == 0.05
     assert doc["access"]["db_txn_duration_sec"] == 0.0306
     assert doc["access"]["status"] == 200 and doc["access"]["completed"] is True
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"completed": False, "send_time": -0.05, "bytes_sent": 0, "requester": None},
+        {"cancelled": True, "status": None, "authenticated_entity": "@admin:hs"},
+        {"status": None},
+    ],
+)
+@pytest.mark.parametrize("fmt", ["labelled", "legacy"])
+def test_access_values_match_record_rendering(kw: dict[str, object], fmt: str) -> None:
+    """The integrations' direct path renders the same line and values as ``AccessRecord``."""
+    r = rec(**kw, request_id="GET-1", servlet="sync", received_ts=10.0, end_ts=10.2)
+    usage = ContextResourceUsage()
+    usage.ru_utime, usage.ru_stime = r.ru_utime, r.ru_stime
+    usage.db_sched_duration_sec, usage.db_txn_duration_sec = r.db_sched_duration_sec, r.db_txn_duration_sec
+    usage.db_txn_count, usage.evt_db_fetch_count = r.db_txn_count, r.evt_db_fetch_count
+    line, values = access_values(
+        ip=r.ip,
+        site_tag=r.site_tag,
+        requester=r.requester,
+        authenticated_entity=r.authenticated_entity,
+        method=r.method,
+        uri=r.uri,
+        protocol=r.protocol,
+        user_agent=r.user_agent,
+        proc=r.processing_time,
+        send=r.send_time,
+        usage=usage,
+        bytes_sent=r.bytes_sent,
+        status=r.status,
+        completed=r.completed,
+        cancelled=r.cancelled,
+        request_id=r.request_id,
+        servlet=r.servlet,
+        received_ts=r.received_ts,
+        end_ts=r.end_ts,
+        fmt=fmt,
+    )
+    assert line == format_access_line(r, fmt)
+    assert values == r.as_dict()

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from logcontext import ContextResourceUsage
 
 __all__ = [
     "ACCESS_LINE_FORMATS",
     "AccessRecord",
     "access_logger",
+    "access_values",
     "check_access_line_format",
     "format_access_line",
     "format_who",
@@ -20,15 +24,16 @@ __all__ = [
 AccessLineFormat = Literal["labelled", "legacy"]
 ACCESS_LINE_FORMATS: frozenset[str] = frozenset({"labelled", "legacy"})
 
+# printf-style: one ``%`` operation renders a line (cheaper than ``str.format`` with keywords).
 _LABELLED = (
-    "{ip} - {site_tag} - {{{who}}} Processed request: {proc:.3f}sec/{send:.3f}sec "
-    "ru=({utime:.3f}sec, {stime:.3f}sec) db=({sched:.3f}sec/{txn:.3f}sec/{txn_count}) "
-    '{nbytes}B {status}{bang} "{method} {uri} {protocol}" "{user_agent}" [{evts} dbevts]'
+    "%s - %s - {%s} Processed request: %.3fsec/%.3fsec "
+    "ru=(%.3fsec, %.3fsec) db=(%.3fsec/%.3fsec/%s) "
+    '%sB %s%s "%s %s %s" "%s" [%s dbevts]'
 )
 _LEGACY = (
-    "{ip} - {site_tag} - {{{who}}} Processed request: {proc:.3f}sec/{send:.3f}sec "
-    "({utime:.3f}sec, {stime:.3f}sec) ({sched:.3f}sec/{txn:.3f}sec/{txn_count}) "
-    '{nbytes}B {status}{bang} "{method} {uri} {protocol}" "{user_agent}" [{evts} dbevts]'
+    "%s - %s - {%s} Processed request: %.3fsec/%.3fsec "
+    "(%.3fsec, %.3fsec) (%.3fsec/%.3fsec/%s) "
+    '%sB %s%s "%s %s %s" "%s" [%s dbevts]'
 )
 _TEMPLATES = {"labelled": _LABELLED, "legacy": _LEGACY}
 
@@ -122,30 +127,122 @@ def format_access_line(rec: AccessRecord, fmt: str = "labelled") -> str:
     if template is None:
         check_access_line_format(fmt)
         raise AssertionError("unreachable")
-    status = rec.status_text
-    bang = ""
-    if status.endswith("!"):
-        status, bang = status[:-1], "!"
-    return template.format(
-        ip=rec.ip,
-        site_tag=rec.site_tag,
-        who=format_who(rec.requester, rec.authenticated_entity),
-        proc=rec.processing_time,
-        send=rec.send_time,
-        utime=rec.ru_utime,
-        stime=rec.ru_stime,
-        sched=rec.db_sched_duration_sec,
-        txn=rec.db_txn_duration_sec,
-        txn_count=rec.db_txn_count,
-        nbytes=rec.bytes_sent,
-        status=status,
-        bang=bang,
-        method=rec.method,
-        uri=rec.uri,
-        protocol=rec.protocol,
-        user_agent=rec.user_agent,
-        evts=rec.evt_db_fetch_count,
+    status, bang = _status_bang(rec.status, rec.completed, rec.cancelled)
+    return template % (
+        rec.ip,
+        rec.site_tag,
+        format_who(rec.requester, rec.authenticated_entity),
+        rec.processing_time,
+        rec.send_time,
+        rec.ru_utime,
+        rec.ru_stime,
+        rec.db_sched_duration_sec,
+        rec.db_txn_duration_sec,
+        rec.db_txn_count,
+        rec.bytes_sent,
+        status,
+        bang,
+        rec.method,
+        rec.uri,
+        rec.protocol,
+        rec.user_agent,
+        rec.evt_db_fetch_count,
     )
+
+
+def _status_bang(status: int | None, completed: bool, cancelled: bool) -> tuple[str, str]:
+    if cancelled:
+        return "499", "!"
+    code = "-" if status is None else str(status)
+    return (code, "") if completed else (code, "!")
+
+
+def access_values(
+    *,
+    ip: str,
+    site_tag: str,
+    requester: str | None,
+    authenticated_entity: str | None,
+    method: str,
+    uri: str,
+    protocol: str,
+    user_agent: str,
+    proc: float,
+    send: float,
+    usage: ContextResourceUsage,
+    bytes_sent: int,
+    status: int | None,
+    completed: bool,
+    cancelled: bool,
+    request_id: str | None,
+    servlet: str | None,
+    received_ts: float | None,
+    end_ts: float | None,
+    fmt: str,
+) -> tuple[str, dict[str, Any]]:
+    """The line and the ``extra={"access": ...}`` values, straight from a usage snapshot.
+
+    Same output as :func:`format_access_line` and :meth:`AccessRecord.as_dict` without the
+    intermediate record (the request integrations' hot path).
+    """
+    template = _TEMPLATES.get(fmt)
+    if template is None:
+        check_access_line_format(fmt)
+        raise AssertionError("unreachable")
+    utime = usage.ru_utime
+    stime = usage.ru_stime
+    sched = usage.db_sched_duration_sec
+    txn = usage.db_txn_duration_sec
+    txn_count = usage.db_txn_count
+    evts = usage.evt_db_fetch_count
+    code, bang = _status_bang(status, completed, cancelled)
+    line = template % (
+        ip,
+        site_tag,
+        format_who(requester, authenticated_entity),
+        proc,
+        send,
+        utime,
+        stime,
+        sched,
+        txn,
+        txn_count,
+        bytes_sent,
+        code,
+        bang,
+        method,
+        uri,
+        protocol,
+        user_agent,
+        evts,
+    )
+    values: dict[str, Any] = {
+        "ip": ip,
+        "site_tag": site_tag,
+        "requester": requester,
+        "authenticated_entity": authenticated_entity,
+        "method": method,
+        "uri": uri,
+        "protocol": protocol,
+        "user_agent": user_agent,
+        "processing_time": round(proc, 6),
+        "send_time": round(send, 6),
+        "ru_utime": round(utime, 6),
+        "ru_stime": round(stime, 6),
+        "db_sched_duration_sec": round(sched, 6),
+        "db_txn_duration_sec": round(txn, 6),
+        "db_txn_count": txn_count,
+        "evt_db_fetch_count": evts,
+        "bytes_sent": bytes_sent,
+        "status": 499 if cancelled else status,
+        "completed": completed,
+        "cancelled": cancelled,
+        "request_id": request_id,
+        "servlet": servlet,
+        "received_ts": received_ts,
+        "end_ts": end_ts,
+    }
+    return line, values
 
 
 _LOGGERS: dict[tuple[str, str], logging.Logger] = {}

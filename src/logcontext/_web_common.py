@@ -16,7 +16,7 @@ from typing import Any
 from logcontext import ContextRequest, ContextResourceUsage, LoggingContext, _config
 
 from . import _bgmetrics
-from ._access import AccessRecord, access_logger, check_access_line_format, format_access_line
+from ._access import access_logger, access_values, check_access_line_format
 from ._redact import DEFAULT_REDACT, redact_uri
 
 __all__ = [
@@ -35,6 +35,8 @@ _counter = itertools.count(1)
 _monotonic = time.monotonic
 _time = time.time
 _ZERO_USAGE = ContextResourceUsage()
+_DEBUG = logging.DEBUG
+_INFO = logging.INFO
 
 #: The request being handled in this ``Context`` (set by the integrations).
 _CURRENT: ContextVar[RequestState | None] = ContextVar("logcontext_web_request", default=None)
@@ -275,7 +277,7 @@ class RequestState:
     def begin(self) -> None:
         """Inside the request context: arrival line, in-flight metrics."""
         lg = self.logger
-        if lg.isEnabledFor(logging.DEBUG):
+        if lg.isEnabledFor(_DEBUG):
             req = self.request
             lg.debug(
                 "%s - %s - Received request: %s %s",
@@ -318,29 +320,46 @@ class RequestState:
             self.completed = True
         self.response_sent = _monotonic()
 
+    def count_body(self, size: int, total: int) -> None:
+        """``on_body_write`` hook: count ``size`` body bytes (``total`` is unused)."""
+        self.bytes_sent += size
+
     # -- completion --------------------------------------------------------------------------
 
     def finish(self) -> None:
-        """Inside the request context: access line, span name/attributes, request metrics."""
-        if self.handler_finished is None:
-            self.handler_finished = _monotonic()
+        """Inside the request context: access line, span name/attributes, request metrics.
+
+        One usage snapshot serves both the access line and the metrics; nothing is formatted
+        unless the access logger is enabled for the line's level.
+        """
         handler_finished = self.handler_finished
+        if handler_finished is None:
+            handler_finished = self.handler_finished = _monotonic()
         end = self.response_sent if self.completed else None
         if end is None:
-            end = self.gone_at if self.gone_at is not None else _monotonic()
+            end = self.gone_at
+            if end is None:
+                end = _monotonic()
         cancelled = self.cancelled
         status = self.status
         code = "499" if cancelled else ("0" if status is None else str(status))
-        quiet = self.method == "OPTIONS" or self.path in self.opts.quiet_paths
+        method = self.method
+        level = _DEBUG if (method == "OPTIONS" or self.path in self.opts.quiet_paths) else _INFO
         lg = self.logger
-        if lg.isEnabledFor(logging.DEBUG if quiet else logging.INFO):
+        m = _bgmetrics.active
+        enabled = lg.isEnabledFor(level)
+        if self.servlet is None and (enabled or m is not None or self.traced):
+            # Routing is over: resolve the label once for the line, the span and the metrics.
+            self.servlet = self.servlet_name
+        usage: ContextResourceUsage | None = None
+        if enabled:
+            usage = self.ctx.get_resource_usage()
             try:
-                self._log_access(lg, quiet, handler_finished, end)
+                self._log_access(lg, level, usage, handler_finished, end)
             except Exception:
                 logger.exception("logcontext: failed to write the access line")
         if self.traced:
             _tracing_finish(self, code)
-        m = _bgmetrics.active
         if m is not None:
             try:
                 self._count_received()
@@ -350,45 +369,49 @@ class RequestState:
                     tag=self.ctx.tag,
                     duration=end - self.received,
                     size=self.bytes_sent,
+                    usage=usage,
                 )
             except Exception:
                 logger.exception("logcontext: failed to record request metrics")
 
-    def _log_access(self, lg: logging.Logger, quiet: bool, handler_finished: float, end: float) -> None:
-        usage = self.ctx.get_resource_usage()
+    def _log_access(
+        self,
+        lg: logging.Logger,
+        level: int,
+        usage: ContextResourceUsage,
+        handler_finished: float,
+        end: float,
+    ) -> None:
         req = self.request
-        rec = AccessRecord(
+        received = self.received
+        cancelled = self.cancelled
+        completed = self.completed and not cancelled
+        proc = handler_finished - received
+        send = end - handler_finished
+        ts = self.received_ts
+        line, access = access_values(
             ip=req.ip_address,
             site_tag=req.site_tag,
+            requester=req.requester,
+            authenticated_entity=req.authenticated_entity,
             method=self.method,
             uri=req.url,
             protocol=req.protocol,
             user_agent=req.user_agent,
-            requester=req.requester,
-            authenticated_entity=req.authenticated_entity,
-            processing_time=handler_finished - self.received,
-            send_time=end - handler_finished,
-            ru_utime=usage.ru_utime,
-            ru_stime=usage.ru_stime,
-            db_sched_duration_sec=usage.db_sched_duration_sec,
-            db_txn_duration_sec=usage.db_txn_duration_sec,
-            db_txn_count=usage.db_txn_count,
-            evt_db_fetch_count=usage.evt_db_fetch_count,
+            proc=proc,
+            send=send,
+            usage=usage,
             bytes_sent=self.bytes_sent,
             status=self.status,
-            completed=self.completed and not self.cancelled,
-            cancelled=self.cancelled,
+            completed=completed,
+            cancelled=cancelled,
             request_id=self.ctx.name,
             servlet=self.servlet_name,
-            received_ts=self.received_ts,
-            end_ts=self.received_ts + (end - self.received),
+            received_ts=ts,
+            end_ts=ts + (end - received),
+            fmt=self.opts.access_line_format,
         )
-        lg.log(
-            logging.DEBUG if quiet else logging.INFO,
-            "%s",
-            format_access_line(rec, self.opts.access_line_format),
-            extra={"access": rec.as_dict()},
-        )
+        lg.log(level, "%s", line, extra={"access": access})
 
 
 # -- tracing integration ---------------------------------------------------------------------
