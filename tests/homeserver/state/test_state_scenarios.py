@@ -274,3 +274,13 @@ async def test_async_resolution_yields_to_the_loop() -> None:
         await task
     assert ticks > 3
     assert src.event_fetches > 0
+
+
+def test_resolve_options_are_validated() -> None:
+    """Unknown option values are refused when the options are made, not ignored later."""
+    from homeserver.state import ResolveOptions
+
+    with pytest.raises(ValueError, match="index"):
+        ResolveOptions(index="fast")
+    with pytest.raises(ValueError, match="walk_mode"):
+        ResolveOptions(walk_mode="greedy")
