@@ -39,15 +39,12 @@ from typing import Any
 from homeserver.app import MainProcess, ProcessOptions, Worker
 from homeserver.config import DatabaseConfig
 from homeserver.replication.protocol import RdataCommand
+from homeserver.storage.streams import DEVICE_LIST_UPDATES_SQL
 
 from logcontext import LoggingContext
 
-DEVICE_SQL = (
-    "SELECT stream_id, user_id FROM device_lists_stream"
-    " WHERE instance_name = ? AND stream_id > ? AND stream_id <= ?"
-    " UNION ALL SELECT stream_id, destination FROM device_lists_outbound_pokes"
-    " WHERE instance_name = ? AND stream_id > ? AND stream_id <= ? ORDER BY stream_id LIMIT ?"
-)
+# The same page query the stream's update function runs.
+DEVICE_SQL = DEVICE_LIST_UPDATES_SQL.format(order=" ORDER BY stream_id")
 
 
 def summary(samples: list[float]) -> tuple[float, float]:
@@ -86,7 +83,7 @@ def l_db(
     t0 = time.perf_counter()
     frm, rows = n_from, 0
     while True:
-        cur.execute(sql, ("master", frm, n_to, "master", frm, n_to, page))
+        cur.execute(sql, ("master", frm, n_to, page, "master", frm, n_to, page, page))
         batch = cur.fetchall()
         if encode:
             for sid, entity in batch:

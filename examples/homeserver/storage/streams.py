@@ -15,6 +15,7 @@ from typing import Any
 from homeserver.storage.id_generators import param_converter, read_position_txn
 
 __all__ = [
+    "DEVICE_LIST_UPDATES_SQL",
     "EventRecord",
     "StreamStore",
     "get_device_list_updates_txn",
@@ -35,21 +36,33 @@ ORDER_DEVICE_LIST_UNION = True
 EventRecord = tuple[str, str, str, str | None, str | None, str | None, str | None, bool, bool]
 
 
+# One page of the device-list stream. Each side is bounded by its own
+# index-ordered LIMIT (the overall first `limit` rows are among the first
+# `limit` of each table), so neither database sorts the whole remaining range
+# for every page. Parameters: instance, from, upto, limit (twice), then limit.
+DEVICE_LIST_UPDATES_SQL = (
+    "SELECT stream_id, entity FROM ("
+    " SELECT stream_id, user_id AS entity FROM ("
+    "  SELECT stream_id, user_id FROM device_lists_stream"
+    "  WHERE instance_name = ? AND stream_id > ? AND stream_id <= ?"
+    "  ORDER BY stream_id LIMIT ?) AS s"
+    " UNION ALL"
+    " SELECT stream_id, destination AS entity FROM ("
+    "  SELECT stream_id, destination FROM device_lists_outbound_pokes"
+    "  WHERE instance_name = ? AND stream_id > ? AND stream_id <= ?"
+    "  ORDER BY stream_id LIMIT ?) AS p"
+    ") AS u{order} LIMIT ?"
+)
+
+
 def get_device_list_updates_txn(
     txn: Any, q: Q, instance: str, from_token: int, upto_token: int, limit: int
 ) -> tuple[list[Update], int, bool]:
     """One page of ``device_lists``: ``[entity]`` rows, one per stream ID (#7010)."""
     order = " ORDER BY stream_id" if ORDER_DEVICE_LIST_UNION else ""
     txn.execute(
-        q(
-            "SELECT stream_id, user_id FROM device_lists_stream"
-            " WHERE instance_name = ? AND stream_id > ? AND stream_id <= ?"
-            " UNION ALL"
-            " SELECT stream_id, destination FROM device_lists_outbound_pokes"
-            " WHERE instance_name = ? AND stream_id > ? AND stream_id <= ?"
-            f"{order} LIMIT ?"
-        ),
-        (instance, from_token, upto_token, instance, from_token, upto_token, limit),
+        q(DEVICE_LIST_UPDATES_SQL.format(order=order)),
+        (instance, from_token, upto_token, limit, instance, from_token, upto_token, limit, limit),
     )
     rows = txn.fetchall()
     updates = [(int(sid), [entity]) for sid, entity in rows]
