@@ -15,7 +15,6 @@ from collections.abc import Iterator
 import pytest
 
 from logcontext import _config, _misuse
-from logcontext import clock as lc_clock
 from logcontext.testing import assert_in_sentinel, strict
 
 
@@ -42,10 +41,9 @@ def _logcontext_guard(request: pytest.FixtureRequest) -> Iterator[None]:
         if gc_was_enabled:
             gc.enable()
         clock_mode, step_mode, misuse = saved
-        if _config.config.clock_mode != clock_mode:
-            lc_clock._set_mode(clock_mode)
-        _config.config.step_mode = step_mode
-        _config.config.misuse = misuse
+        # Through configure(): a changed mode must bump the clock generation so
+        # every ledger picks it up at its next checkpoint.
+        _config.configure(clock=clock_mode, step_mode=step_mode, misuse=misuse)
     assert_in_sentinel()
 
 

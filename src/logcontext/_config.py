@@ -27,7 +27,7 @@ class _Config:
 
     def __init__(self) -> None:
         self.clock_mode: ClockModeName = "wall" if sys.platform == "win32" else "cpu"
-        self.step_mode: StepModeName = "exact"
+        self.step_mode: StepModeName = "sampled"
         self.misuse: MisusePolicy = "warn"
         self.default_server_name: str = "localhost"
 

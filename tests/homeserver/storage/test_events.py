@@ -11,27 +11,10 @@ import pytest
 from homeserver.state import InvalidAuthGraph, ResolveOptions, StateResolutionError
 from homeserver.storage.events import EventStore
 from homeserver.storage.rooms import RoomStore
+from homeserver.storage.schema import apply_schema
 
 from logcontext import LoggingContext
 from logcontext.db import DatabasePool
-
-
-def apply_schema(txn: Any) -> None:
-    """The schema loader ``storage/schema.py`` (loaded by path: the ``schema/`` package shadows it)."""
-    import importlib.util
-
-    import homeserver.storage.schema as pkg
-
-    loader = getattr(pkg, "apply_schema", None)
-    if loader is None:
-        path = Path(pkg.__file__).resolve().parent.parent / "schema.py"
-        spec = importlib.util.spec_from_file_location("_homeserver_schema_loader", path)
-        assert spec is not None and spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        loader = mod.apply_schema
-    loader(txn)
-
 
 VECTORS = Path(__file__).resolve().parents[3] / ".." / "shared" / "vectors" / "state-res"
 
