@@ -35,6 +35,8 @@ from homeserver.replication.protocol import (
     RemoteServerUpCommand,
     ReplicateCommand,
     UserIpCommand,
+    encode_json,
+    with_trailer,
 )
 from homeserver.replication.streams import Row, Stream, token_groups
 
@@ -48,6 +50,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Key = tuple[str, str]
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 class Conn(Protocol):
@@ -430,6 +437,7 @@ class ReplicationHandler:
                     finally:
                         if not fetch.done():
                             fetch.cancel()
+                        fetch.add_done_callback(_retrieve)  # an abandoned prefetch's error
                     if sp is not None:
                         sp.set_attribute("pages", pages)
                         sp.set_attribute("rows", rows_total)
@@ -662,15 +670,20 @@ class Streamer:
         name, me = stream.name, self.me
         lines: list[str] = []
         x = last
+        batch_prefix = f"RDATA {name} {me} batch "
+        carriers = stream.trace_carrier
         for token, rows in token_groups(updates):
-            trace = stream.trace_carrier(token) if stream.trace_carrier is not None else None
             group: list[str] = []
-            n = len(rows)
+            last_i = len(rows) - 1
             for i, row in enumerate(rows):
-                numeric = i == n - 1
-                line = RdataCommand(
-                    name, me, token if numeric else None, row, trace if numeric else None
-                ).to_line()
+                # The same text as RdataCommand.to_line(), without building the object.
+                if i < last_i:
+                    line = batch_prefix + encode_json(row)
+                else:
+                    line = f"RDATA {name} {me} {token} {encode_json(row)}"
+                    trace = carriers(token) if carriers is not None else None
+                    if trace:
+                        line = with_trailer(line, trace)
                 if len(line) > MAX_LINE_BYTES:  # ASCII: chars == bytes
                     logger.warning("Row of %s token %s too long: sending POSITION", name, token)
                     self.handler.stats.inc("dropped", name, "oversize")

@@ -33,6 +33,7 @@ __all__ = [
     "decode_json",
     "encode_json",
     "parse_line",
+    "with_trailer",
 ]
 
 MAX_LINE_BYTES = 16384
@@ -118,7 +119,8 @@ def _split_trailer(rest: str) -> tuple[str, dict[str, str] | None]:
     return body, carrier
 
 
-def _with_trailer(line: str, trace: dict[str, str] | None) -> str:
+def with_trailer(line: str, trace: dict[str, str] | None) -> str:
+    """``line`` plus the TAB trace trailer, unless that would exceed the line limit."""
     if trace:
         extended = f"{line}\t{encode_json(trace)}"
         if len(extended) <= MAX_LINE_BYTES:  # ASCII only, so chars == bytes
@@ -205,7 +207,7 @@ class PositionCommand(Command):
 
     def to_line(self) -> str:
         line = f"POSITION {self.stream} {self.instance} {self.prev} {self.new}"
-        return _with_trailer(line, self.trace)
+        return with_trailer(line, self.trace)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +224,7 @@ class RdataCommand(Command):
     def to_line(self) -> str:
         token = "batch" if self.token is None else str(self.token)
         line = f"RDATA {self.stream} {self.instance} {token} {encode_json(self.row)}"
-        return _with_trailer(line, self.trace)
+        return with_trailer(line, self.trace)
 
 
 @dataclass(frozen=True, slots=True)
