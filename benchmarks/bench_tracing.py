@@ -10,11 +10,20 @@ resist a noisy, shared machine better than a ratio of medians.
   ``start_as_current_span`` (both with a ``BatchSpanProcessor`` and a no-op exporter, no
   network), bound 1.2; the no-op path (``with LoggingContext("x"): with start_span("x")``,
   tracing uninitialised) against an untraced context, bound 1.1.
+  Breakdown candidates: the span without usage (``record_usage=False``), a bare OTel span inside
+  an untraced context, the child context alone (what ``record_usage`` adds to the span: enter and
+  exit of a context under a context) and a context owning its span (request style).
+* ``tracing-clocks`` (information, not gated): the traced context / bare span ratio under each
+  clock (and the ``sampled`` step mode): the child context's clock reads and ledger bookkeeping
+  are the part of the cost that depends on the configuration.
 * ``tracing-p14``: ``with start_span("x")`` uninitialised ≤ 3 × ContextVar set+reset; ``@trace``
   without a tracing extra returns the function itself.
 * ``tracing-p15``: ``start_span`` with usage attributes on the OTel SDK + ``SimpleSpanProcessor``
   (no-op exporter) ≤ 1.25 × OTel ``start_as_current_span``; our scope handling (span without
   usage, minus the bare OTel span) ≤ 2 × OTel attach+detach.
+
+All suites run in the library's default configuration (clock ``cpu``, step mode ``exact``; printed
+first) unless a candidate names another.
 
     python benchmarks/bench_tracing.py            # full run (~1 min)
     python benchmarks/bench_tracing.py --quick    # smoke run
@@ -35,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import Suite, exit_code, parse_args
 
 import logcontext.tracing as lt
-from logcontext import LoggingContext
+from logcontext import LoggingContext, configure
 from logcontext._config import config
 from logcontext.tracing import _api
 
@@ -75,6 +84,17 @@ BATCH = _provider(True)
 SIMPLE = _provider(False)
 BATCH_TRACER = BATCH.get_tracer("bench")
 SIMPLE_TRACER = SIMPLE.get_tracer("bench")
+
+
+def drain(provider: TracerProvider | None) -> None:
+    """Export what the batch processor holds, so every sample starts with an empty queue.
+
+    Without it the queue's backlog depends on when the export thread last ran (machine load),
+    and the garbage collector's passes over the queued spans land on whichever candidate
+    allocates most: the batch ratios then swing between runs by far more than the effect measured.
+    """
+    if provider is BATCH:
+        BATCH.force_flush()
 
 
 def use(provider: TracerProvider | None) -> None:
@@ -134,6 +154,7 @@ def b_noop_ctx(n: int) -> float:
 
 def _bare(tracer: Any, n: int) -> float:
     use(None)
+    drain(BATCH if tracer is BATCH_TRACER else None)
     start = tracer.start_as_current_span
     t = pc()
     for _ in range(n):
@@ -144,6 +165,7 @@ def _bare(tracer: Any, n: int) -> float:
 
 def _ours(provider: TracerProvider, n: int, *, in_context: bool, record_usage: bool) -> float:
     use(provider)
+    drain(provider)
     start_span = lt.start_span
     ctx = LoggingContext("req")
     if in_context:
@@ -175,6 +197,7 @@ def b_scope_only_batch(n: int) -> float:
 def b_owned_span_ctx_batch(n: int) -> float:
     """A context owning its span (request style): ended with usage by the context's exit."""
     use(BATCH)
+    drain(BATCH)
     start = _api.start_context_span
     try:
         t = pc()
@@ -187,8 +210,42 @@ def b_owned_span_ctx_batch(n: int) -> float:
         use(None)
 
 
+def b_child_ctx(n: int) -> float:
+    """What ``record_usage`` adds around the block: a child context entered and exited in a context."""
+    parent = LoggingContext("req")
+    parent.__enter__()
+    try:
+        t = pc()
+        for _ in range(n):
+            with LoggingContext("req", parent_context=parent):
+                pass
+        return pc() - t
+    finally:
+        parent.__exit__(None, None, None)
+
+
+def _in_mode(fn: Any, clock: Any, step: Any) -> Any:
+    """``fn`` run with ``configure(clock=clock, step_mode=step)``, defaults restored after."""
+
+    def run(n: int) -> float:
+        configure(clock=clock, step_mode=step)
+        try:
+            return float(fn(n))
+        finally:
+            configure(clock=DEFAULT_CLOCK, step_mode=DEFAULT_STEP)
+
+    return run
+
+
+DEFAULT_CLOCK, DEFAULT_STEP = config.clock_mode, config.step_mode
+#: Seconds per sample in the span suites: short, so that on a shared machine many samples run
+#: undisturbed (minima and 10th percentiles are then stable; pass ``--rounds 201``).
+SPAN_SAMPLE_S = 0.004
+
+
 def b_ctx_and_bare_batch(n: int) -> float:
     use(None)
+    drain(BATCH)
     start = BATCH_TRACER.start_as_current_span
     t = pc()
     for _ in range(n):
@@ -224,21 +281,36 @@ def robust(s: Suite, a: str, b: str) -> None:
         return
     ra, rb = s.results[a], s.results[b]
     paired = statistics.median(x / y for x, y in zip(ra.samples, rb.samples, strict=True))
-    s.note(f"{a} / {b}: paired-round median {paired:.3f}, ratio of minima {ra.min / rb.min:.3f}")
+    p10 = _p10(ra.samples) / _p10(rb.samples)
+    s.note(
+        f"{a} / {b}: paired-round median {paired:.3f}, ratio of 10th percentiles {p10:.3f}, "
+        f"ratio of minima {ra.min / rb.min:.3f}"
+    )
+
+
+def _p10(samples: list[float]) -> float:
+    return statistics.quantiles(samples, n=10)[0] if len(samples) >= 2 else samples[0]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(__doc__ or "", argv)
     ok = True
-    print(f"clock mode: {config.clock_mode}")
+    from logcontext._config import _Config
 
-    s = Suite("tracing", args, sample_s=0.002 if args.quick else 0.015)
+    lib = _Config()
+    print(
+        f"clock mode: {config.clock_mode}, step mode: {config.step_mode} "
+        f"(library defaults: {lib.clock_mode}, {lib.step_mode})"
+    )
+
+    s = Suite("tracing", args, sample_s=0.002 if args.quick else SPAN_SAMPLE_S)
     s.add("empty", b_empty)
     s.add("otel_bare_span_batch", b_bare_batch)
     s.add("traced_ctx_batch", b_traced_batch)
     s.add("span_no_usage_batch", b_scope_only_batch)
     s.add("ctx+otel_bare_batch", b_ctx_and_bare_batch)
     s.add("owned_span_ctx_batch", b_owned_span_ctx_batch)
+    s.add("child_ctx_only", b_child_ctx)
     s.add("untraced_ctx", b_untraced_ctx)
     s.add("noop_traced_ctx", b_noop_ctx)
     s.run()
@@ -252,7 +324,34 @@ def main(argv: list[str] | None = None) -> int:
     robust(s, "traced_ctx_batch", "ctx+otel_bare_batch")
     robust(s, "owned_span_ctx_batch", "otel_bare_span_batch")
     robust(s, "owned_span_ctx_batch", "ctx+otel_bare_batch")
+    if s.enabled:
+        # Where the traced context's extra over the bare span goes, per round (paired).
+        r = s.results
+        bare, ours, no_usage = r["otel_bare_span_batch"], r["traced_ctx_batch"], r["span_no_usage_batch"]
+        child = r["child_ctx_only"]
+
+        def paired_us(a: list[float], b: list[float]) -> float:
+            return statistics.median(x - y for x, y in zip(a, b, strict=True)) * 1e6
+
+        s.note(
+            f"extra over the bare span {paired_us(ours.samples, bare.samples):.2f}us = span scope "
+            f"{paired_us(no_usage.samples, bare.samples):.2f}us + record_usage "
+            f"{paired_us(ours.samples, no_usage.samples):.2f}us, of which the child context alone "
+            f"{statistics.median(child.samples) * 1e6:.2f}us (median) / {child.min * 1e6:.2f}us (min)"
+        )
     ok &= s.finish()
+
+    s = Suite("tracing-clocks", args, sample_s=0.002 if args.quick else SPAN_SAMPLE_S)
+    s.add("empty", b_empty)
+    s.add("otel_bare_span_batch", b_bare_batch)
+    modes = (("cpu", "exact"), ("cpu", "sampled"), ("wall", "exact"), ("off", "exact"))
+    for clock, step in modes:
+        s.add(f"traced_ctx_{clock}_{step}", _in_mode(b_traced_batch, clock, step))
+        s.add(f"child_ctx_{clock}_{step}", _in_mode(b_child_ctx, clock, step))
+    s.run()
+    for clock, step in modes:
+        robust(s, f"traced_ctx_{clock}_{step}", "otel_bare_span_batch")
+    s.finish()
 
     s = Suite("tracing-p14", args)
     s.add("empty", b_empty)
@@ -276,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ok &= s.finish()
 
-    s = Suite("tracing-p15", args, sample_s=0.002 if args.quick else 0.015)
+    s = Suite("tracing-p15", args, sample_s=0.002 if args.quick else SPAN_SAMPLE_S)
     s.add("empty", b_empty)
     s.add("otel_start_as_current_span", b_bare_simple)
     s.add("start_span_usage", b_usage_simple)

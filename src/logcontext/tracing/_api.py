@@ -221,14 +221,21 @@ def is_allowed_destination(destination: str | bytes | None) -> bool:
 
 
 def usage_attributes(ctx: LoggingContext) -> dict[str, AttributeValue]:
-    """The §6.2 attributes for ``ctx``: name, server name, tag, inclusive CPU/DB/event usage."""
+    """The §6.2 attributes for ``ctx``: name, server name, tag, inclusive CPU/DB/event usage.
+
+    Every value is a ``str``, ``bool``, ``int`` or ``float`` (a non-``str`` server name or tag is
+    converted), so backends may store the dict without validating it again.
+    """
     u = ctx.get_resource_usage()
     mode = _config.config.clock_mode
+    server = ctx.server_name
+    if type(server) is not str:
+        server = str(server)
     attrs: dict[str, AttributeValue]
     if mode == "off":
         attrs = {
             "logcontext.name": ctx.name,
-            "logcontext.server_name": ctx.server_name,
+            "logcontext.server_name": server,
             "logcontext.db.txn_count": u.db_txn_count,
             "logcontext.db.txn_s": u.db_txn_duration_sec,
             "logcontext.db.sched_s": u.db_sched_duration_sec,
@@ -237,8 +244,8 @@ def usage_attributes(ctx: LoggingContext) -> dict[str, AttributeValue]:
     else:
         attrs = {
             "logcontext.name": ctx.name,
-            "logcontext.server_name": ctx.server_name,
-            "logcontext.cpu.clock": str(mode),
+            "logcontext.server_name": server,
+            "logcontext.cpu.clock": mode,
             "logcontext.cpu.user_s": u.ru_utime,
             "logcontext.cpu.system_s": u.ru_stime,
             "logcontext.db.txn_count": u.db_txn_count,
@@ -246,31 +253,39 @@ def usage_attributes(ctx: LoggingContext) -> dict[str, AttributeValue]:
             "logcontext.db.sched_s": u.db_sched_duration_sec,
             "logcontext.db.event_fetches": u.evt_db_fetch_count,
         }
-    if ctx.tag:
-        attrs["logcontext.tag"] = ctx.tag
+    tag = ctx.tag
+    if tag:
+        attrs["logcontext.tag"] = tag if type(tag) is str else str(tag)
     if ctx.late_usage is not None:
         attrs["logcontext.late"] = True
     return attrs
 
 
-def _set_all(span: Span, attrs: Mapping[str, AttributeValue]) -> None:
-    if isinstance(span, BackendSpan):
-        span.set_attributes(attrs)
-    else:
-        for key, value in attrs.items():
-            span.set_attribute(key, value)
-
-
 def end_span_with_usage(span: Span, ctx: LoggingContext | None) -> None:
     """Put ``ctx``'s usage on ``span`` (if recording and enabled) and end it; never raises."""
+    if isinstance(span, BackendSpan):
+        if span._ended:
+            return
+        if ctx is not None and _record_usage:
+            try:
+                if span.is_recording():
+                    span.set_usage(usage_attributes(ctx))
+            except Exception:
+                _backend_error("usage attributes")
+        span._ended = True
+        try:
+            span._end()
+        except Exception:
+            _backend_error("end_span")
+        return
+    if ctx is not None and _record_usage:
+        try:
+            if span.is_recording():
+                for key, value in usage_attributes(ctx).items():
+                    span.set_attribute(key, value)
+        except Exception:
+            _backend_error("usage attributes")
     try:
-        if (
-            ctx is not None
-            and _record_usage
-            and not (isinstance(span, BackendSpan) and span.ended)
-            and span.is_recording()
-        ):
-            _set_all(span, usage_attributes(ctx))
         span.end()
     except Exception:
         _backend_error("end_span")
@@ -469,7 +484,10 @@ class _ScopeBase:
 
 
 class _SpanScope(_ScopeBase):
-    """``start_span``: a span active for the block, its usage measured in a child context."""
+    """``start_span``: a span active for the block, its usage measured in a child context.
+
+    ``__enter__``/``__exit__`` inline the base class steps (this is the per-span hot path).
+    """
 
     __slots__ = ("_child", "_child_token", "_end_on_exit", "_preserve", "_want_usage")
 
@@ -485,7 +503,16 @@ class _SpanScope(_ScopeBase):
         end_on_exit: bool,
         preserve: bool = False,
     ) -> None:
-        super().__init__(name, parent, links, attributes, kind, root)
+        self._name = name
+        self._parent = parent
+        self._links = links
+        self._attributes = attributes
+        self._kind = kind
+        self._root = root
+        self._backend = None
+        self.span = None
+        self._marker = None
+        self._token = None
         self._want_usage = record_usage
         self._end_on_exit = end_on_exit
         self._preserve = preserve
@@ -495,22 +522,48 @@ class _SpanScope(_ScopeBase):
     def __enter__(self) -> Span:
         if self.span is not None:
             raise RuntimeError(f"span scope {self._name!r} entered twice")
-        span = self._start()
-        if span is None:
+        backend = _backend
+        if backend is None or not _enabled:
             return NULL_SPAN
-        self._attach()
+        self._backend = backend
+        parent = self._parent
+        if parent is not None and not isinstance(parent, SpanContext | BackendSpan):
+            parent = parent.context
+        try:
+            span = backend.start_span(
+                self._name,
+                parent=parent,
+                root=self._root,
+                links=self._links,
+                attributes=self._attributes,
+                kind=self._kind,
+            )
+        except Exception:
+            _backend_error("start_span")
+            return NULL_SPAN
+        self.span = span
+        # Our marker first, then the backend's activation (see ``_detach``).
+        self._marker = _SCOPE.set(self)
+        try:
+            self._token = backend.activate(span)
+        except Exception:
+            _backend_error("activate")
         if self._want_usage and _record_usage:
             try:
                 recording = span.is_recording()
             except Exception:
                 recording = False
-            parent = current_context() if recording else None
-            if parent:
-                assert isinstance(parent, LoggingContext)
-                child = LoggingContext(str(parent), parent_context=parent)
-                child.span = span
-                self._child = child
-                self._enter_child()
+            if recording:
+                ctx = current_context()
+                if ctx:
+                    assert isinstance(ctx, LoggingContext)
+                    child = LoggingContext(str(ctx), parent_context=ctx)
+                    child.span = span
+                    self._child = child
+                    if self._preserve:
+                        self._enter_child()
+                    else:
+                        child.__enter__()
         return span
 
     def _enter_child(self) -> None:
@@ -554,14 +607,33 @@ class _SpanScope(_ScopeBase):
                 "double-exit", f"span scope {self._name!r} exited twice", site=f"span:{self._name}"
             )
             return None
-        _record_error(span, exc)
+        if exc is not None:
+            _record_error(span, exc)
         try:
-            self.detach(exc_type, exc, tb)
+            self._detach()
+            # The core handles a foreign Context for the child itself (``foreign-exit``).
+            child = self._child
+            if child is not None:
+                if self._preserve:
+                    self._exit_child(exc_type, exc, tb)
+                else:
+                    child.__exit__(exc_type, exc, tb)
         finally:
-            if self._end_on_exit:
-                self.finish(None)
-            else:
+            if not self._end_on_exit:
                 self._apply_usage()
+            elif not span._ended:
+                child = self._child
+                if child is not None and _record_usage:
+                    # A child exists only for a span that was recording at its start.
+                    try:
+                        span.set_usage(usage_attributes(child))
+                    except Exception:
+                        _backend_error("usage attributes")
+                span._ended = True
+                try:
+                    span._end()
+                except Exception:
+                    _backend_error("end_span")
         return None
 
     def detach(
@@ -585,11 +657,10 @@ class _SpanScope(_ScopeBase):
 
     def _apply_usage(self) -> None:
         span, child = self.span, self._child
-        if span is None or child is None or not _record_usage:
+        if span is None or child is None or not _record_usage or span.ended:
             return
         try:
-            if span.is_recording() and not span.ended:
-                span.set_attributes(usage_attributes(child))
+            span.set_usage(usage_attributes(child))
         except Exception:
             _backend_error("usage attributes")
 

@@ -149,6 +149,15 @@ class BackendSpan(abc.ABC):
         for key, value in attributes.items():
             self.set_attribute(key, value)
 
+    def set_usage(self, attributes: dict[str, AttributeValue]) -> None:
+        """Set the usage attributes of :func:`~logcontext.tracing.usage_attributes` if recording.
+
+        ``attributes`` is freshly built and holds only valid keys (non-empty ``str``) and values
+        (``str``, ``bool``, ``int``, ``float``); backends may take a cheaper path for it.
+        """
+        if self.is_recording():
+            self.set_attributes(attributes)
+
     @abc.abstractmethod
     def add_event(self, name: str, attributes: Mapping[str, AttributeValue] | None = None) -> None: ...
 

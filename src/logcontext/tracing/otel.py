@@ -50,13 +50,60 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
+#: Per native span type: may usage attributes go straight into the SDK span's attribute dict?
+_direct_ok: dict[type, bool] = {}
+_bounded_type: Any = None
+
+
+def _probe_direct(tp: type) -> bool:
+    """True if ``tp`` is the OpenTelemetry SDK span whose ``set_attributes`` we know.
+
+    Such a span keeps its attributes in a ``BoundedAttributes`` (``_dict`` under ``_lock``,
+    limits ``maxlen``/``max_value_len``, ``_immutable`` once ended) and ``set_attributes`` only
+    validates values and stores them under the span's ``_lock`` while ``_end_time`` is None. The
+    usage attributes are valid by construction, so storing them directly is equivalent; any
+    deviation (another SDK layout, a subclass overriding the setters) keeps the public call.
+    """
+    global _bounded_type
+    try:
+        from opentelemetry.attributes import BoundedAttributes
+        from opentelemetry.sdk.trace import Span as SdkSpan
+    except ImportError:
+        return False
+    if not (
+        isinstance(tp, type)
+        and issubclass(tp, SdkSpan)
+        and tp.set_attributes is SdkSpan.set_attributes
+        and tp.set_attribute is SdkSpan.set_attribute
+        and tp.is_recording is SdkSpan.is_recording
+        and getattr(BoundedAttributes, "_set_items", None) is not None
+    ):
+        return False
+    probe = BoundedAttributes(maxlen=4, immutable=False)
+    probe["k"] = 1
+    d = getattr(probe, "_dict", None)
+    if not (
+        type(d) is dict
+        and d == {"k": 1}
+        and getattr(probe, "_immutable", None) is False
+        and getattr(probe, "maxlen", None) == 4
+        and getattr(probe, "max_value_len", 0) is None
+        and hasattr(probe, "_lock")
+    ):
+        return False
+    _bounded_type = BoundedAttributes
+    return True
+
+
 class OtelSpan(BackendSpan):
     """An OpenTelemetry span behind the :class:`~logcontext.tracing.Span` protocol."""
 
     __slots__ = ("_start_ctx",)
 
     def __init__(self, raw: Any, start_ctx: context.Context | None) -> None:
-        super().__init__(raw, False)
+        self.raw = raw
+        self.forced = False
+        self._ended = False
         # Forced tracing is read from the start context's baggage only when asked for.
         self._start_ctx = start_ctx
         self.forced_known = False
@@ -77,6 +124,32 @@ class OtelSpan(BackendSpan):
 
     def set_attributes(self, attributes: Mapping[str, AttributeValue]) -> None:
         self.raw.set_attributes(attributes)
+
+    def set_usage(self, attributes: dict[str, AttributeValue]) -> None:
+        raw = self.raw
+        tp = type(raw)
+        direct = _direct_ok.get(tp)
+        if direct is None:
+            direct = _direct_ok[tp] = _probe_direct(tp)
+        if direct:
+            # SDK span: the values are valid by construction, skip the per-value validation
+            # (several us for nine attributes) when no limit could apply.
+            try:
+                with raw._lock:
+                    if raw._end_time is not None:
+                        return
+                    attrs: Any = raw._attributes
+                    if type(attrs) is _bounded_type and not attrs._immutable and attrs.max_value_len is None:
+                        store = attrs._dict
+                        maxlen = attrs.maxlen
+                        if maxlen is None or len(store) + len(attributes) <= maxlen:
+                            with attrs._lock:
+                                store.update(attributes)
+                            return
+            except AttributeError:
+                _direct_ok[tp] = False
+        if raw.is_recording():
+            raw.set_attributes(attributes)
 
     def add_event(self, name: str, attributes: Mapping[str, AttributeValue] | None = None) -> None:
         self.raw.add_event(name, attributes)
@@ -170,6 +243,16 @@ class OtelBackend(Backend):
         attributes: Mapping[str, AttributeValue] | None,
         kind: str,
     ) -> BackendSpan:
+        if parent is None and not root and not links:
+            # The common case (``start_span(name)``): the active span is the parent.
+            raw = self.tracer.start_span(
+                name,
+                kind=_KINDS[kind],
+                attributes=attributes,
+                record_exception=False,
+                set_status_on_exception=False,
+            )
+            return OtelSpan(raw, context.get_current())
         ctx: context.Context | None
         if root:
             # Drop the parent span but keep baggage (forced tracing survives a new root).
