@@ -464,7 +464,9 @@ class LoggingContext:
         st = ds * 1e-9
         late = None
         with _usage_lock:
-            u = self._usage
+            u = self._u
+            if u is None:
+                u = self._u = ContextResourceUsage()
             u.ru_utime += ut
             u.ru_stime += st
             if self.finished:

@@ -321,6 +321,12 @@ def switch(led: Ledger, new: Any) -> None:
                 close_window(led, now)
             return
         pend = led.pend
+        if old._token is None and not pend and not old.finished:
+            # The exit of the only context with CPU pending (a plain with-block):
+            # charge it directly; nothing else is waiting for the window.
+            led.attributed_ns += d
+            old._charge_ns(d, 0)
+            return
         pend[old] += d
         if old.finished:
             led.lat.add(old)
