@@ -33,7 +33,15 @@ class MetricsSink(Protocol):
     def request_started(self, req: Any) -> None: ...
     def request_received(self, method: str, servlet: str, server_name: str) -> None: ...
     def request_finished(
-        self, req: Any, *, code: str, tag: str, duration: float, size: int, usage: Any = None
+        self,
+        req: Any,
+        *,
+        code: str,
+        tag: str,
+        duration: float,
+        size: int,
+        usage: Any = None,
+        received: bool = False,
     ) -> None: ...
     def bg_started(self, desc: str, ctx: LoggingContextOrSentinel) -> None: ...
     def bg_finished(self, desc: str, ctx: LoggingContextOrSentinel) -> None: ...

@@ -362,7 +362,8 @@ class RequestState:
             _tracing_finish(self, code)
         if m is not None:
             try:
-                self._count_received()
+                received = not self.received_counted
+                self.received_counted = True
                 m.request_finished(
                     self,
                     code=code,
@@ -370,6 +371,7 @@ class RequestState:
                     duration=end - self.received,
                     size=self.bytes_sent,
                     usage=usage,
+                    received=received,
                 )
             except Exception:
                 logger.exception("logcontext: failed to record request metrics")

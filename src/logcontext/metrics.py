@@ -292,7 +292,7 @@ class _HttpBundle:
 
 # Indices into _HttpBundle.pending / children.
 _RESPONSES, _COUNT, _SIZE, _UTIME, _STIME, _TXN_COUNT, _TXN_DUR, _SCHED, _EVTS = range(9)
-_IN_UTIME, _IN_STIME, _IN_TXN_COUNT, _IN_TXN_DUR, _IN_SCHED = range(9, 14)
+_IN_UTIME, _IN_STIME, _IN_TXN_COUNT, _IN_TXN_DUR, _IN_SCHED, _RECEIVED = range(9, 15)
 
 
 def _add_db(p: list[float], at: int, u: ContextResourceUsage, base: ContextResourceUsage | None) -> None:
@@ -493,10 +493,12 @@ class Metrics:
         duration: float,
         size: int,
         usage: ContextResourceUsage | None = None,
+        received: bool = False,
     ) -> None:
         """Final in-flight update and response metrics for ``req``.
 
-        ``usage`` is the request context's snapshot if the caller already took one. The
+        ``usage`` is the request context's snapshot if the caller already took one;
+        ``received`` also counts the request in ``requests_received`` (not counted yet). The
         counters of one (method, servlet, tag, server, code) are bundled: the hot path is one
         dict lookup, one lock and plain additions, handed to the children at the next scrape.
         """
@@ -517,6 +519,8 @@ class Metrics:
             p = b.pending
             p[_RESPONSES] += 1
             p[_COUNT] += 1
+            if received:
+                p[_RECEIVED] += 1
             p[_SIZE] += size
             if utime > 0:
                 p[_UTIME] += utime
@@ -567,6 +571,7 @@ class Metrics:
             i.txn_count,
             i.txn_duration,
             i.sched,
+            self.http_received.child(ms),
         )
         hist = self.http_response_time.child((method, servlet, tag, code, server))
         with self._lock:

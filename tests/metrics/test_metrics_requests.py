@@ -94,3 +94,12 @@ def test_past_label_cap_requests_still_counted() -> None:
         assert _misuse.counts.get("label-cardinality", 0) > before
     finally:
         uninstall_metrics()
+
+
+def test_received_counted_with_the_response_when_asked(metrics: Metrics) -> None:
+    """``received=True`` counts the request in ``requests_received`` with its response, once."""
+    metrics.request_finished(Req(), code="200", tag="", duration=0.01, size=0, received=True)
+    metrics.request_finished(Req(), code="200", tag="", duration=0.01, size=0)
+    v = scrape_values(metrics)
+    assert v[(P + "requests_received_total", ms())] == 1
+    assert v[(P + "response_count_total", mts())] == 2
