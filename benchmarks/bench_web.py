@@ -18,6 +18,9 @@ the server thread around each sample; the client's cost is excluded):
 The notes give requests/s, CPU per request (median, min), ratios of minima, and the CPU each
 layer adds (pass-through middleware, context, our bookkeeping, metrics, access line).
 
+Suite "web-layers" measures the same layers in one thread through a fake transport (no
+sockets, no client): steadier per-layer differences, clocks ``cpu`` and ``off``.
+
 Suites "logging" (P11, P12, P13) and "metrics" (P16) are micro-ratios.
 
     python benchmarks/bench_web.py            # full run (~1-2 min)
@@ -269,6 +272,8 @@ def web_suite(args: Any) -> bool:
     from logcontext import _bgmetrics
     from logcontext.metrics import install_metrics, uninstall_metrics
 
+    if args.only and args.only not in "web":
+        return True
     logcontext.configure(clock="cpu")
     metrics = install_metrics(registry=CollectorRegistry())
     _bgmetrics.active = None  # switched on only around the candidates that use it
@@ -346,6 +351,144 @@ def web_suite(args: Any) -> bool:
 def _paired(a: list[float], b: list[float]) -> float:
     """Median of per-round differences (the shuffled rounds pair the candidates)."""
     return statistics.median(x - y for x, y in zip(a, b, strict=False))
+
+
+# -- web layers: the same request path without sockets -------------------------------------
+
+
+class _FakeTransport(asyncio.Transport):
+    """Swallows responses; counts ``write`` calls (one per response here)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+        self.target = 0
+        self.done: asyncio.Event | None = None
+
+    def write(self, data: Any) -> None:
+        self.writes += 1
+        if self.writes >= self.target and self.done is not None:
+            self.done.set()
+
+    def writelines(self, data: Any) -> None:
+        self.write(b"".join(data))
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8080)}.get(name, default)
+
+    def close(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+def layers_suite(args: Any) -> bool:
+    """Per-layer CPU of the aiohttp request path, in one thread, fed through a fake transport.
+
+    No sockets and no client: the layers' differences are measured without the kernel's share
+    and the noise of a second thread (the absolute figures are lower than over loopback).
+    """
+    from aiohttp import web
+    from prometheus_client import CollectorRegistry
+
+    from logcontext import _bgmetrics
+    from logcontext.metrics import install_metrics, uninstall_metrics
+    from logcontext.web import logcontext_middleware
+
+    rounds = args.rounds or (5 if args.quick else 31)
+    n = 320 if args.quick else 1600
+    metrics = install_metrics(registry=CollectorRegistry())
+    _bgmetrics.active = None
+    lg = logging.getLogger("logcontext.access.http.layers-log")
+    lg.setLevel(logging.INFO)
+    h = logging.StreamHandler(open("/dev/null", "w"))  # noqa: SIM115 (lives with the process)
+    h.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+    lg.addHandler(h)
+    lg.propagate = False
+    layers: list[tuple[str, list[Any], Any]] = [
+        ("no middleware", [], None),
+        ("pass-through middleware", [_passthrough], None),
+        ("context-only middleware", [_context_only], None),
+        ("logcontext_middleware", [logcontext_middleware(site_tag="layers")], None),
+        ("+ metrics", [logcontext_middleware(site_tag="layers")], metrics),
+        ("+ metrics + access line", [logcontext_middleware(site_tag="layers-log")], metrics),
+    ]
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="Hello, world")
+
+    async def make(mws: list[Any]) -> tuple[Any, _FakeTransport]:
+        app = web.Application(middlewares=mws)
+        app.router.add_get("/", hello)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        proto = runner.server()
+        t = _FakeTransport()
+        proto.connection_made(t)
+        return proto, t
+
+    async def drive(proto: Any, t: _FakeTransport, count: int) -> None:
+        t.done = asyncio.Event()
+        for _ in range(count // DEPTH):
+            t.target = t.writes + DEPTH
+            t.done.clear()
+            proto.data_received(REQUEST * DEPTH)
+            await t.done.wait()
+
+    async def main(clock: str) -> dict[str, list[float]]:
+        logcontext.configure(clock=clock)  # type: ignore[arg-type]
+        servers = [(name, await make(mws), m) for name, mws, m in layers]
+        cpu: dict[str, list[float]] = {name: [] for name, _, _ in layers}
+        for _, (proto, t), m in servers:
+            _bgmetrics.active = m
+            await drive(proto, t, 4 * DEPTH)
+            _bgmetrics.active = None
+        import random
+
+        for _ in range(rounds):
+            random.shuffle(servers)
+            for name, (proto, t), m in servers:
+                _bgmetrics.active = m
+                t0 = time.thread_time()
+                await drive(proto, t, n)
+                cpu[name].append((time.thread_time() - t0) / n)
+                _bgmetrics.active = None
+        return cpu
+
+    print(f"\n== suite web-layers ({'quick' if args.quick else 'full'}; {rounds} rounds x {n} requests) ==")
+    print("CPU per request, one thread, fake transport; layer = paired median difference to the row above")
+    try:
+        for clock in ("cpu", "off"):
+            with asyncio.Runner(loop_factory=aio.loop_factory()) as r:
+                cpu = r.run(main(clock))
+            print(f"clock {clock}:")
+            prev: str | None = None
+            for name, _, _ in layers:
+                v = cpu[name]
+                extra = f"  layer {_paired(v, cpu[prev]) * 1e6:+6.2f}us" if prev else ""
+                print(
+                    f"  {name:<26} median {statistics.median(v) * 1e6:6.2f}us  min {min(v) * 1e6:6.2f}us{extra}"
+                )
+                prev = name
+    finally:
+        logcontext.configure(clock="cpu")
+        _bgmetrics.active = metrics
+        uninstall_metrics()
+        lg.removeHandler(h)
+    return True
 
 
 # -- logging (P11, P12, P13) -------------------------------------------------------------------
@@ -548,6 +691,8 @@ def metrics_suite(args: Any) -> bool:
 def main() -> int:
     args = parse_args(__doc__.splitlines()[0])
     ok = web_suite(args)
+    if not args.only or args.only in "web-layers":
+        ok = layers_suite(args) and ok
     ok = logging_suite(args) and ok
     ok = metrics_suite(args) and ok
     return exit_code(ok, args)
