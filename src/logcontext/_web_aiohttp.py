@@ -111,73 +111,76 @@ def logcontext_middleware(
             # Streamed bodies are counted as written; a bound method unless chaining.
             writer.on_body_write = st.count_body if previous is None else _chain(st, previous)
 
-        with st.ctx:
-            token = _CURRENT.set(st)
-            scope_cm = None
-            try:
-                st.begin()
-                if _TRACING_MODULE in sys.modules:
-                    scope_cm = start_server_span(st, request.headers)
-                    st.traced = scope_cm is not None
-                # The handler and the send, inline (no extra coroutine per request).
+        try:
+            with st.ctx:
+                token = _CURRENT.set(st)
+                scope_cm = None
                 try:
-                    resp: web.StreamResponse = await handler(request)
-                except web.HTTPException as exc:
-                    resp = _error_response(exc)
-                except asyncio.CancelledError:
-                    st.cancelled = True
-                    st.client_gone()
-                    raise
-                except Exception:
-                    st.handler_done()
-                    logger.exception("Unhandled exception in request %s %s", st.method, st.request.url)
-                    resp = web.Response(status=500, text="500 Internal Server Error")
-                if st.handler_finished is None:
-                    st.handler_finished = _monotonic()
-                try:
-                    prepared = resp.prepared
-                except AttributeError:
-                    logger.error("Web handler returned %r instead of a response", resp)
-                    resp = web.Response(status=500, text="500 Internal Server Error")
-                    prepared = False
-                st.status = resp.status
-                if not prepared:
-                    echo_id = st.echo_id
-                    resp.headers[id_header] = echo_id if (echo_id and echo) else st.ctx.name
-                    if st.traced:
-                        for k, v in response_trace_headers().items():
-                            resp.headers[k] = v
-                st.response_started = True
-                try:
-                    await resp.prepare(request)
-                    await resp.write_eof()
-                except asyncio.CancelledError:
-                    st.cancelled = True
-                    st.client_gone()
-                    raise
-                except ConnectionError:
-                    # Client gone while sending (aiohttp raises ClientConnectionResetError, a
-                    # ConnectionResetError); aiohttp's own finish step sees the same and logs it.
-                    st.client_gone()
+                    st.begin()
+                    if _TRACING_MODULE in sys.modules:
+                        scope_cm = start_server_span(st, request.headers)
+                        st.traced = scope_cm is not None
+                    # The handler and the send, inline (no extra coroutine per request).
+                    try:
+                        resp: web.StreamResponse = await handler(request)
+                    except web.HTTPException as exc:
+                        resp = _error_response(exc)
+                    except asyncio.CancelledError:
+                        st.cancelled = True
+                        st.client_gone()
+                        raise
+                    except Exception:
+                        st.handler_done()
+                        logger.exception("Unhandled exception in request %s %s", st.method, st.request.url)
+                        resp = web.Response(status=500, text="500 Internal Server Error")
+                    if st.handler_finished is None:
+                        st.handler_finished = _monotonic()
+                    try:
+                        prepared = resp.prepared
+                    except AttributeError:
+                        logger.error("Web handler returned %r instead of a response", resp)
+                        resp = web.Response(status=500, text="500 Internal Server Error")
+                        prepared = False
+                    st.status = resp.status
+                    if not prepared:
+                        echo_id = st.echo_id
+                        resp.headers[id_header] = echo_id if (echo_id and echo) else st.ctx.name
+                        if st.traced:
+                            for k, v in response_trace_headers().items():
+                                resp.headers[k] = v
+                    st.response_started = True
+                    try:
+                        await resp.prepare(request)
+                        await resp.write_eof()
+                    except asyncio.CancelledError:
+                        st.cancelled = True
+                        st.client_gone()
+                        raise
+                    except ConnectionError:
+                        # Client gone while sending (aiohttp raises ClientConnectionResetError, a
+                        # ConnectionResetError); aiohttp's own finish step sees the same and logs it.
+                        st.client_gone()
+                        if not counting:
+                            st.bytes_sent = 0
+                        return resp
                     if not counting:
-                        st.bytes_sent = 0
+                        length = resp.content_length
+                        st.bytes_sent = length if length is not None else resp.body_length
+                    if st.gone_at is None:
+                        st.completed = True
+                    st.response_sent = _monotonic()
                     return resp
-                if not counting:
-                    length = resp.content_length
-                    st.bytes_sent = length if length is not None else resp.body_length
-                if st.gone_at is None:
-                    st.completed = True
-                st.response_sent = _monotonic()
-                return resp
-            finally:
-                try:
-                    st.finish()
                 finally:
-                    if scope_cm is not None:
-                        scope_cm.__exit__(None, None, None)
-                    _CURRENT.reset(token)
-                    if counting:
-                        writer.on_body_write = previous  # breaks the writer -> state cycle
+                    try:
+                        st.finish(metrics=False)
+                    finally:
+                        if scope_cm is not None:
+                            scope_cm.__exit__(None, None, None)
+                        _CURRENT.reset(token)
+                        if counting:
+                            writer.on_body_write = previous  # breaks the writer -> state cycle
+        finally:
+            st.record_metrics()  # after the exit: final figures, no clock read
 
     return logcontext_mw
 

@@ -176,31 +176,36 @@ class LogContextMiddleware:
             else:
                 await send(message)
 
-        with st.ctx:
-            token = _CURRENT.set(st)
-            try:
-                st.begin()
-                scope_cm = start_server_span(st, headers) if traced else None
-                st.traced = scope_cm is not None
+        try:
+            with st.ctx:
+                token = _CURRENT.set(st)
                 try:
+                    st.begin()
+                    scope_cm = start_server_span(st, headers) if traced else None
+                    st.traced = scope_cm is not None
                     try:
-                        await self.app(scope, wrapped_receive, wrapped_send)
-                    except asyncio.CancelledError:
-                        st.cancelled = True
-                        raise
-                    except Exception:
-                        st.handler_done()
-                        logger.exception("Unhandled exception in request %s %s", st.method, st.request.url)
-                        if not st.response_started:
-                            await self._send_500(wrapped_send)
+                        try:
+                            await self.app(scope, wrapped_receive, wrapped_send)
+                        except asyncio.CancelledError:
+                            st.cancelled = True
+                            raise
+                        except Exception:
+                            st.handler_done()
+                            logger.exception(
+                                "Unhandled exception in request %s %s", st.method, st.request.url
+                            )
+                            if not st.response_started:
+                                await self._send_500(wrapped_send)
+                        finally:
+                            st.handler_done()
+                            st.finish(metrics=False)
                     finally:
-                        st.handler_done()
-                        st.finish()
+                        if scope_cm is not None:
+                            scope_cm.__exit__(None, None, None)
                 finally:
-                    if scope_cm is not None:
-                        scope_cm.__exit__(None, None, None)
-            finally:
-                _CURRENT.reset(token)
+                    _CURRENT.reset(token)
+        finally:
+            st.record_metrics()  # after the exit: final figures, no clock read
 
     @staticmethod
     async def _send_500(send: Send) -> None:

@@ -169,6 +169,8 @@ class RequestState:
     """One request's bookkeeping: timings, status, bytes, servlet, metrics."""
 
     __slots__ = (
+        "_code",
+        "_end",
         "_route",
         "_route_fn",
         "bytes_sent",
@@ -250,6 +252,8 @@ class RequestState:
         self.cancelled = False
         self.received_counted = False
         self.reported = _ZERO_USAGE
+        self._code: str | None = None
+        self._end = 0.0
 
     @property
     def request_id_value(self) -> str:
@@ -326,11 +330,12 @@ class RequestState:
 
     # -- completion --------------------------------------------------------------------------
 
-    def finish(self) -> None:
+    def finish(self, *, metrics: bool = True) -> None:
         """Inside the request context: access line, span name/attributes, request metrics.
 
-        One usage snapshot serves both the access line and the metrics; nothing is formatted
-        unless the access logger is enabled for the line's level.
+        Nothing is formatted unless the access logger is enabled for the line's level. With
+        ``metrics=False`` the caller records them with :meth:`record_metrics` once the context
+        has exited: the figures are then final and reading them needs no clock read.
         """
         handler_finished = self.handler_finished
         if handler_finished is None:
@@ -360,21 +365,34 @@ class RequestState:
                 logger.exception("logcontext: failed to write the access line")
         if self.traced:
             _tracing_finish(self, code)
-        if m is not None:
-            try:
-                received = not self.received_counted
-                self.received_counted = True
-                m.request_finished(
-                    self,
-                    code=code,
-                    tag=self.ctx.tag,
-                    duration=end - self.received,
-                    size=self.bytes_sent,
-                    usage=usage,
-                    received=received,
-                )
-            except Exception:
-                logger.exception("logcontext: failed to record request metrics")
+        self._code = code
+        self._end = end
+        if metrics and m is not None:
+            self.record_metrics(usage)
+
+    def record_metrics(self, usage: ContextResourceUsage | None = None) -> None:
+        """Record the request metrics (after :meth:`finish`); ``usage``: a snapshot to reuse."""
+        m = _bgmetrics.active
+        code = self._code
+        if m is None or code is None:
+            return
+        self._code = None  # once
+        if self.servlet is None:
+            self.servlet = self.servlet_name
+        try:
+            received = not self.received_counted
+            self.received_counted = True
+            m.request_finished(
+                self,
+                code=code,
+                tag=self.ctx.tag,
+                duration=self._end - self.received,
+                size=self.bytes_sent,
+                usage=usage,
+                received=received,
+            )
+        except Exception:
+            logger.exception("logcontext: failed to record request metrics")
 
     def _log_access(
         self,

@@ -7,6 +7,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from logcontext import ContextResourceUsage, LoggingContext, _misuse
+from logcontext._web_common import RequestState, WebOptions
 from logcontext.metrics import Metrics, install_metrics, uninstall_metrics
 
 P = "logcontext_http_server_"
@@ -103,3 +104,44 @@ def test_received_counted_with_the_response_when_asked(metrics: Metrics) -> None
     v = scrape_values(metrics)
     assert v[(P + "requests_received_total", ms())] == 1
     assert v[(P + "response_count_total", mts())] == 2
+
+
+def _state() -> RequestState:
+    return RequestState(
+        WebOptions.build(site_tag="t", server_name="hs"),
+        method="GET",
+        path="/",
+        raw_uri="/",
+        protocol="HTTP/1.1",
+        peer="127.0.0.1",
+        headers_get=lambda name: None,
+        scheme="http",
+    )
+
+
+def test_metrics_recorded_once_after_the_context_exits(metrics: Metrics) -> None:
+    """``finish(metrics=False)`` defers; ``record_metrics`` after the exit counts the request once."""
+    st = _state()
+    st.set_servlet("s")
+    with st.ctx:
+        st.begin()
+        st.status = 200
+        st.finish(metrics=False)
+    assert scrape_values(metrics).get((P + "response_count_total", mts())) is None
+    st.record_metrics()
+    st.record_metrics()
+    v = scrape_values(metrics)
+    assert v[(P + "response_count_total", mts())] == 1
+    assert v[(P + "requests_received_total", ms())] == 1
+
+
+def test_finish_records_metrics_by_default(metrics: Metrics) -> None:
+    """``finish()`` alone (the Twisted resource's path) records the metrics, once."""
+    st = _state()
+    st.set_servlet("s")
+    with st.ctx:
+        st.begin()
+        st.status = 200
+        st.finish()
+    st.record_metrics()
+    assert scrape_values(metrics)[(P + "response_count_total", mts())] == 1
