@@ -97,7 +97,7 @@ class ProcessOptions:
     catch_up_backoff_max: float = 10.0
     reconnect_min: float = 0.1
     reconnect_max: float = 1.0
-    target_rows: int = 100
+    target_rows: int = 500  # page size; chosen from bench_replication (P2: 500 beat 100 and 1000)
     torture_level: int = 0
     check_whole_tokens: bool = False
     position_interval: float = 1.0

@@ -102,7 +102,7 @@ class HandlerConfig:
     inbound_bound: int = 10_000
     catch_up_backoff: float = 0.5
     catch_up_backoff_max: float = 10.0
-    target_rows: int = 100
+    target_rows: int = 500  # page size; chosen from bench_replication (P2: 500 beat 100 and 1000)
     torture_level: int = 0
     start_positions: Callable[[str, str], Any] | None = None  # async (stream, writer) -> int
     extra: dict[str, Any] = field(default_factory=dict)

@@ -56,9 +56,12 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode
+
+
 def encode_json(value: Any) -> str:
     """Compact, ASCII-only JSON; NaN/Infinity are refused, so no raw newline or TAB."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return _encode(value)
 
 
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
