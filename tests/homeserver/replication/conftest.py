@@ -1,4 +1,4 @@
-"""Fixtures for the replication tests: a real ``redis-server``, fast options, helpers.
+"""Fixtures for the replication tests: a real ``redis-server`` and a SQLite database.
 
 ``redis_url`` starts one ``redis-server`` per session on a free loopback port in
 a temporary directory and stops it at the end.  Without the binary the tests
