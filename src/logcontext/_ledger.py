@@ -321,9 +321,16 @@ def switch(led: Ledger, new: Any) -> None:
                 close_window(led, now)
             return
         pend = led.pend
-        if old._token is None and not pend and not old.finished:
-            # The exit of the only context with CPU pending (a plain with-block):
-            # charge it directly; nothing else is waiting for the window.
+        if old._token is None and not old.finished and now < led.wdl:
+            # An exit: only the exiting context's figures must be final. Charge its own
+            # pending CPU directly unless a descendant's is pending too; others keep waiting.
+            if pend:
+                d += pend.pop(old, 0)
+                for c in pend:
+                    if old in c._ancestors:
+                        pend[old] += d
+                        close_window(led, now)
+                        return
             led.attributed_ns += d
             old._charge_ns(d, 0)
             return
@@ -579,6 +586,14 @@ def in_progress(ctx: Any) -> tuple[int, int] | None:
         ch = led.charged
         if ch is _SENTINEL and not led.pend:
             return None
+        if ch is not ctx and (ch is _SENTINEL or ctx not in ch._ancestors):
+            # ctx's subtree is not running on this thread: only its pending shares could add
+            # to it; without any, its figures are final (e.g. a context that has exited).
+            for c in led.pend:
+                if c is ctx or ctx in c._ancestors:
+                    break
+            else:
+                return None
         su = ss = 0
         if fast == 2:
             now = led.wall()
