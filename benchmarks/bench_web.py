@@ -1,7 +1,7 @@
 """Web, logging and metrics costs, side by side in one process (issue 5; spec §11 P11–P13, P16).
 
 Suite "web": requests/s of an aiohttp hello-world with and without ``logcontext_middleware``
-(clock ``cpu``, tracing off). The servers run in background threads of this process, each on
+(clock ``cpu``, step mode ``exact`` unless stated, tracing off). The servers run in background threads of this process, each on
 its own loop (``aio.loop_factory()`` where "metered"); the load comes from a keep-alive
 raw-socket client in the main thread over loopback sending 16 pipelined requests at a time.
 Metrics are installed once and switched on only around the candidates that say so.
@@ -215,17 +215,14 @@ class Candidate:
     def __call__(self, n: int) -> float:
         from logcontext import _bgmetrics
 
-        switch = self.clock != "cpu" or self.step_mode != "exact"
-        if switch:
-            logcontext.configure(clock=self.clock, step_mode=self.step_mode)  # type: ignore[arg-type]
+        # Modes are set for every sample (the library default step mode may differ).
+        logcontext.configure(clock=self.clock, step_mode=self.step_mode)  # type: ignore[arg-type]
         _bgmetrics.active = self.metrics
         try:
             return self._run(n)
         finally:
             # Safe: the last thread_cpu() round trip ran after the last request's finish().
             _bgmetrics.active = None
-            if switch:
-                logcontext.configure(clock="cpu", step_mode="exact")
 
     def _run(self, n: int) -> float:
         server = self.server
@@ -274,6 +271,9 @@ def web_suite(args: Any) -> bool:
 
     if args.only and args.only not in "web":
         return True
+    from logcontext._config import config
+
+    saved_step = config.step_mode
     logcontext.configure(clock="cpu")
     metrics = install_metrics(registry=CollectorRegistry())
     _bgmetrics.active = None  # switched on only around the candidates that use it
@@ -342,6 +342,7 @@ def web_suite(args: Any) -> bool:
             )
         return suite.finish()
     finally:
+        logcontext.configure(clock="cpu", step_mode=saved_step)
         _bgmetrics.active = metrics
         uninstall_metrics()
         for srv in servers.values():
@@ -405,9 +406,11 @@ def layers_suite(args: Any) -> bool:
     from prometheus_client import CollectorRegistry
 
     from logcontext import _bgmetrics
+    from logcontext._config import config
     from logcontext.metrics import install_metrics, uninstall_metrics
     from logcontext.web import logcontext_middleware
 
+    saved_step = config.step_mode
     rounds = args.rounds or (5 if args.quick else 31)
     n = 320 if args.quick else 1600
     metrics = install_metrics(registry=CollectorRegistry())
@@ -449,7 +452,7 @@ def layers_suite(args: Any) -> bool:
             await t.done.wait()
 
     async def main(clock: str) -> dict[str, list[float]]:
-        logcontext.configure(clock=clock)  # type: ignore[arg-type]
+        logcontext.configure(clock=clock, step_mode="exact")  # type: ignore[arg-type]
         servers = [(name, await make(mws), m) for name, mws, m in layers]
         cpu: dict[str, list[float]] = {name: [] for name, _, _ in layers}
         for _, (proto, t), m in servers:
@@ -484,7 +487,7 @@ def layers_suite(args: Any) -> bool:
                 )
                 prev = name
     finally:
-        logcontext.configure(clock="cpu")
+        logcontext.configure(clock="cpu", step_mode=saved_step)
         _bgmetrics.active = metrics
         uninstall_metrics()
         lg.removeHandler(h)
