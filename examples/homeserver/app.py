@@ -511,7 +511,9 @@ class Worker:
         positions: dict[str, dict[str, int]] = {}
         for (stream, writer), token in sorted(self.handler.cur.items()):
             positions.setdefault(stream, {})[writer] = token
-        conn = self.client.connection if self.client is not None else None
+        conn: Any = self.client.connection if self.client is not None else None
+        if conn is None and self.bus is not None:
+            conn = self.bus.connection
         return {
             "instance": self.name,
             "positions": positions,
