@@ -9,6 +9,7 @@ of events and of ``(rank, auth IDs)`` nodes (auth lists never change).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import OrderedDict
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -332,6 +333,10 @@ class EventStore:
         self._nodes = _LRU(cache_size)
         self._indexes: dict[str, ChainCoverIndex] = {}
         self._counts: dict[str, int] = {}
+        # New state-group IDs are MAX(id) + 1: two concurrent transactions would
+        # pick the same one on PostgreSQL (READ COMMITTED), so this process's
+        # allocations go one at a time (the main process is the only writer).
+        self._state_group_lock: asyncio.Lock | None = None
 
     async def persist_events(
         self,
@@ -484,9 +489,12 @@ class EventStore:
         )
 
     async def store_state_group(self, room_id: str, state: Mapping[StateKey, str]) -> int:
-        group: int = await self.pool.run_interaction(
-            "store_state_group", store_state_group_txn, room_id, state
-        )
+        if self._state_group_lock is None:
+            self._state_group_lock = asyncio.Lock()
+        async with self._state_group_lock:
+            group: int = await self.pool.run_interaction(
+                "store_state_group", store_state_group_txn, room_id, state
+            )
         return group
 
     async def get_state_group(self, group: int) -> dict[StateKey, str]:

@@ -211,3 +211,17 @@ async def test_chain_index_tables_round_trip(pool: DatabasePool) -> None:
         inputs = [{(t, k): e for t, k, e in s} for s in c["state_sets"]]
         got = await EventStore(pool).resolve_state(c["room_id"], inputs, ResolveOptions(index="chain"))
         assert got == {(t, k): e for t, k, e in c["expected"]}
+
+
+async def test_concurrent_state_groups_get_distinct_ids(pool: DatabasePool) -> None:
+    """Concurrent store_state_group calls get distinct IDs and all round-trip (PostgreSQL included)."""
+    import asyncio
+
+    with LoggingContext("t"):
+        await RoomStore(pool).store_room("!r:x", "10", overwrite=False)
+        store = EventStore(pool)
+        states = [{("m.room.member", f"@u{i}:x"): f"$e{i}"} for i in range(8)]
+        groups = await asyncio.gather(*(store.store_state_group("!r:x", s) for s in states))
+        assert len(set(groups)) == 8
+        for g, s in zip(groups, states, strict=True):
+            assert await store.get_state_group(g) == s
