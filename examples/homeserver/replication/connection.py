@@ -33,7 +33,10 @@ from homeserver.replication.protocol import (
     ProtocolError,
     ReplicateCommand,
     ServerCommand,
+    _valid_instances,
+    _valid_streams,
     parse_line,
+    scan_json_list,
 )
 
 __all__ = [
@@ -44,6 +47,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+_scan_json = scan_json_list
+# A parsed plain RDATA line: (stream, instance, token or None for ``batch``, row).
+RdataTuple = tuple[str, str, int | None, Any]
 _ids = itertools.count(1)
 
 
@@ -177,14 +183,20 @@ class ReplicationConnection(asyncio.Protocol):
 
     def _data_received(self, data: bytes) -> None:
         buf = self._buf + data if self._buf else data
-        lines = buf.split(b"\n")
-        self._buf = lines.pop()
+        end = buf.rfind(b"\n") + 1
+        self._buf = buf[end:]
         self._counts = {}
         try:
-            for raw in lines:
-                if self.state is ConnState.CLOSED:
-                    return
-                self._line_received(raw)
+            if end:
+                complete = buf[:end]
+                run_rdata = self._run_rdata
+                if run_rdata is not None and complete.isascii():
+                    self._lines_fast(complete.decode("ascii").split("\n"), run_rdata)
+                else:
+                    for raw in complete.split(b"\n")[:-1]:
+                        if self.state is ConnState.CLOSED:
+                            return
+                        self._line_received(raw)
         finally:
             stats = self.handler.stats
             for name, n in self._counts.items():  # counted once per read, not per line
@@ -192,6 +204,74 @@ class ReplicationConnection(asyncio.Protocol):
         if len(self._buf) > MAX_LINE_BYTES and self.state is not ConnState.CLOSED:
             self._buf = b""
             self.send_error("Line length exceeded", reason="line_length")
+
+    @property
+    def _run_rdata(self) -> Callable[[ReplicationConnection, list[RdataTuple]], None] | None:
+        """The handler's batch entry point when this side may receive ``RDATA`` inline."""
+        if self.is_server or not self._authenticated:
+            return None
+        return getattr(self.handler, "on_rdata_run", None)
+
+    def _lines_fast(
+        self, lines: list[str], run_rdata: Callable[[ReplicationConnection, list[RdataTuple]], None]
+    ) -> None:
+        """Parse a read's complete ASCII lines, handing runs of plain ``RDATA`` over in one call.
+
+        A line is taken on the fast path only when it is exactly what our
+        streamer writes (known-valid stream and instance names, a canonical
+        token or ``batch``, compact JSON list, no trailer, no ``\r``); every
+        other line goes through :meth:`_line_received` after the run before it
+        has been handed over, so order, errors and limits are unchanged.
+        """
+        lines.pop()  # after the last "\n"
+        run: list[RdataTuple] = []
+        streams, instances = _valid_streams, _valid_instances
+        scan = _scan_json
+        n_rdata = 0
+        try:
+            for line in lines:
+                if line[:6] == "RDATA " and len(line) <= MAX_LINE_BYTES and "\t" not in line:
+                    parts = line.split(" ", 4)
+                    if len(parts) == 5:
+                        _, stream, instance, tok, js = parts
+                        if stream in streams and instance in instances and js[:1] == "[" and js[-1] == "]":
+                            if tok == "batch":
+                                token: int | None = None
+                            elif tok.isdigit() and len(tok) < 19 and (tok[0] != "0" or len(tok) == 1):
+                                token = int(tok)
+                            else:
+                                token = -1
+                            if token != -1:
+                                try:
+                                    row, stop = scan(js, 0)
+                                except (StopIteration, ValueError, RecursionError):
+                                    stop = -1
+                                if stop == len(js):
+                                    run.append((stream, instance, token, row))
+                                    continue
+                if run:
+                    n_rdata += len(run)
+                    batch, run = run, []
+                    self.last_received = time.monotonic()
+                    run_rdata(self, batch)
+                if self.state is ConnState.CLOSED:
+                    return
+                self._line_received(line.encode("ascii"))
+                if self.is_closed:
+                    return
+            if run:
+                n_rdata += len(run)
+                self.last_received = time.monotonic()
+                run_rdata(self, run)
+        except ProtocolError as e:
+            self.send_error(e.reason, reason="parse")
+        except Exception:
+            logger.exception("Error handling replication command on %r", self)
+            self.send_error("internal error", reason="internal")
+        finally:
+            if n_rdata:
+                counts = self._counts
+                counts["RDATA"] = counts.get("RDATA", 0) + n_rdata
 
     def _line_received(self, raw: bytes) -> None:
         if raw.endswith(b"\r"):

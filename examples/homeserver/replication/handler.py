@@ -50,6 +50,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Key = tuple[str, str]
+# A parsed plain RDATA line (stream, instance, token or None for ``batch``, row).
+RdataTuple = tuple[str, str, int | None, Any]
+# Inbound queue items: parsed commands, or RDATA lines from the TCP fast path.
+QueueItem = Command | RdataTuple
 
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:
@@ -110,7 +114,7 @@ class HandlerConfig:
 
 class _StreamQueue:
     def __init__(self) -> None:
-        self.items: deque[tuple[Command, Conn]] = deque()
+        self.items: deque[tuple[QueueItem, Conn]] = deque()
         self.wakeup = asyncio.Event()
         self.epoch = 0
         self.task: asyncio.Task[Any] | None = None
@@ -232,6 +236,75 @@ class ReplicationHandler:
             self.stats.set("queue", cmd.stream, value=n + 1)
         q.wakeup.set()
 
+    def on_rdata_run(self, conn: Conn, run: list[RdataTuple]) -> None:
+        """Handle consecutive plain ``RDATA`` lines of one read (TCP fast path).
+
+        The same rules as :meth:`on_command` per row (unknown stream, echo,
+        strict row type, lag high-water mark, inbound bound), with the lookups
+        hoisted and the queue woken once per stream.  A bad row raises
+        :class:`ProtocolError` after the rows before it were queued.
+        """
+        if not self.config.reader:
+            for stream_name, instance, _, _ in run:
+                if stream_name not in self.streams:
+                    self._on_unknown(stream_name)
+                elif instance == self.instance_name:
+                    self.stats.inc("dropped", stream_name, "echo")
+            return
+        streams = self.streams
+        highest = self.highest_seen
+        bound = self.config.inbound_bound
+        me = self.instance_name
+        last_name: str | None = None
+        last_instance: str | None = None
+        parse: Callable[[Any], Row] | None = None
+        key: Key = ("", "")
+        q: _StreamQueue | None = None
+        items: deque[tuple[QueueItem, Conn]] | None = None
+        woken: list[_StreamQueue] = []
+        try:
+            for item in run:
+                stream_name, instance, token, row = item
+                if stream_name != last_name or instance != last_instance:
+                    stream = streams.get(stream_name)
+                    if stream is None:
+                        self._on_unknown(stream_name)
+                        last_name = None
+                        continue
+                    if instance == me:
+                        self.stats.inc("dropped", stream_name, "echo")
+                        last_name = None
+                        continue
+                    last_name, last_instance = stream_name, instance
+                    parse = stream.parse_row
+                    key = (stream_name, instance)
+                    q = self._queue(stream_name)
+                    items = q.items
+                    if q not in woken:
+                        woken.append(q)
+                assert parse is not None and q is not None and items is not None
+                try:
+                    parse(row)
+                except ValueError as e:
+                    raise ProtocolError(f"bad {stream_name} row: {e}") from None
+                if token is not None and token > highest.get(key, -1):
+                    highest[key] = token
+                n = len(items)
+                if n >= bound:
+                    self._overflow(stream_name, conn)
+                    continue
+                items.append((item, conn))
+                if not n & 63:
+                    self.stats.set("queue", stream_name, value=n + 1)
+        finally:
+            for wq in woken:
+                wq.wakeup.set()
+
+    def _on_unknown(self, stream_name: str) -> None:
+        if stream_name not in self._unknown_logged:
+            self._unknown_logged.add(stream_name)
+            logger.info("Ignoring commands for unknown stream %r", stream_name)
+
     def _overflow(self, stream_name: str, conn: Conn) -> None:
         q = self._queue(stream_name)
         logger.warning("Inbound queue for %s overflowed: resyncing", stream_name)
@@ -292,7 +365,7 @@ class ReplicationHandler:
                 continue
             parent = _instrument.current_context()
             cmd, conn = q.items.popleft()
-            if isinstance(cmd, PositionCommand):
+            if type(cmd) is PositionCommand:
                 try:
                     with _instrument.logging_context(position_ctx, parent):
                         await self._process_position(cmd, conn, q)
@@ -304,15 +377,10 @@ class ReplicationHandler:
             # Reads only add to the queue between our awaits, so a run is bounded by
             # the inbound bound (§2.4); draining it without yielding keeps up with them.
             with _instrument.logging_context(rdata_ctx, parent):
-                while True:
-                    try:
-                        if isinstance(cmd, RdataCommand):
-                            self._process_rdata(cmd, conn, q)
-                    except Exception:
-                        logger.exception("Error processing replication RDATA on %s", stream_name)
-                    if not q.items or not isinstance(q.items[0][0], RdataCommand):
-                        break
-                    cmd, conn = q.items.popleft()
+                try:
+                    self._process_rdata_run(cmd, conn, q)
+                except Exception:
+                    logger.exception("Error processing replication RDATA on %s", stream_name)
             if self._live_rows:
                 self._flush_live_stats()
 
@@ -490,52 +558,93 @@ class ReplicationHandler:
                 self.stats.inc("rows", stream, instance, "catch_up", amount=n)
         return n
 
-    def _deliver(self, key: Key, token: int, rows: list[Row], path: str) -> None:
-        """Apply rows, *then* advance ``cur``, *then* wake waiters (#14158).
-
-        Row counts and the lag gauge are flushed by the consumer loop when its
-        queue runs empty (or every 256 items), not per token.
-        """
-        self.consumer.on_rows(key[0], key[1], token, rows, path)
-        self.cur[key] = token
-        self._live_rows[key] = self._live_rows.get(key, 0) + len(rows)
-        self._wake(key)
-
     def _flush_live_stats(self) -> None:
         pending, self._live_rows = self._live_rows, {}
         for key, n in pending.items():
             self.stats.inc("rows", key[0], key[1], "live", amount=n)
             self._update_lag(key)
 
-    def _process_rdata(self, cmd: RdataCommand, conn: Conn, q: _StreamQueue) -> None:
-        key = (cmd.stream, cmd.instance)
-        if key not in conn.synced:
-            self.stats.inc("dropped", cmd.stream, "unconnected")
-            logger.debug("Discarding RDATA for unconnected stream %s/%s", *key)
-            return
-        if cmd.token is None:
-            conn.pending.setdefault(key, []).append(cmd.row)
-            return
-        rows = conn.pending.pop(key, [])
-        rows.append(cmd.row)
-        if cmd.token <= self.cur.get(key, 0):
-            self.stats.inc("dropped", cmd.stream, "stale")
-            return
-        try:
-            if _instrument.tracing_on():
-                with _instrument.span(
-                    "replication.recv.RDATA",
-                    {"stream": cmd.stream, "instance": cmd.instance, "token": cmd.token, "rows": len(rows)},
-                    _instrument.link_from_carrier(cmd.trace),
-                ):
-                    self._deliver(key, cmd.token, rows, "live")
+    def _process_rdata_run(self, item: QueueItem, conn: Conn, q: _StreamQueue) -> None:
+        """Process ``item`` and every ``RDATA`` queued right behind it (§2.3), in order.
+
+        Per row only the rules themselves run (synced check, pending batch,
+        stale check, delivery); the logging context is the caller's one per run,
+        and row counts and the lag gauge are flushed per run.
+        """
+        items = q.items
+        cur = self.cur
+        on_rows = self.consumer.on_rows
+        live = self._live_rows
+        traced = _instrument.tracing_on()
+        last_name: str | None = None
+        last_instance: str | None = None
+        key: Key = ("", "")
+        while True:
+            if type(item) is tuple:
+                stream_name, instance, token, row = item
+                trace = None
+            elif isinstance(item, RdataCommand):
+                stream_name, instance, token, row, trace = (
+                    item.stream,
+                    item.instance,
+                    item.token,
+                    item.row,
+                    item.trace,
+                )
+            else:  # not reached: only RDATA is taken into a run
+                break
+            if stream_name != last_name or instance != last_instance:
+                last_name, last_instance = stream_name, instance
+                key = (stream_name, instance)
+            if key not in conn.synced:
+                self.stats.inc("dropped", stream_name, "unconnected")
+                logger.debug("Discarding RDATA for unconnected stream %s/%s", *key)
+            elif token is None:
+                pending = conn.pending.get(key)
+                if pending is None:
+                    conn.pending[key] = [row]
+                else:
+                    pending.append(row)
             else:
-                self._deliver(key, cmd.token, rows, "live")
-        except Exception:
-            logger.exception("Consumer failed on %s/%s token %s", *key, cmd.token)
-            self._mark_unsynced(key)
-            q.epoch += 1
-            self._later(self.config.catch_up_backoff, self._send_replicate, conn)
+                rows = conn.pending.pop(key, None)
+                if rows is None:
+                    rows = [row]
+                else:
+                    rows.append(row)
+                if token <= cur.get(key, 0):
+                    self.stats.inc("dropped", stream_name, "stale")
+                else:
+                    try:
+                        if traced:
+                            with _instrument.span(
+                                "replication.recv.RDATA",
+                                {
+                                    "stream": stream_name,
+                                    "instance": instance,
+                                    "token": token,
+                                    "rows": len(rows),
+                                },
+                                _instrument.link_from_carrier(trace),
+                            ):
+                                on_rows(stream_name, instance, token, rows, "live")
+                        else:
+                            on_rows(stream_name, instance, token, rows, "live")
+                        # rows applied, then the position, then the waiters (#14158)
+                        cur[key] = token
+                        live[key] = live.get(key, 0) + len(rows)
+                        if self._waiters:
+                            self._wake(key)
+                    except Exception:
+                        logger.exception("Consumer failed on %s/%s token %s", *key, token)
+                        self._mark_unsynced(key)
+                        q.epoch += 1
+                        self._later(self.config.catch_up_backoff, self._send_replicate, conn)
+            if not items:
+                break
+            nxt = items[0][0]
+            if type(nxt) is not tuple and not isinstance(nxt, RdataCommand):
+                break
+            item, conn = items.popleft()
 
     def _later(self, delay: float, fn: Callable[..., None], *args: Any) -> None:
         asyncio.get_running_loop().call_later(delay, fn, *args)
@@ -666,37 +775,50 @@ class Streamer:
     def encode(
         self, stream: Stream, last: int, updates: list[tuple[int, Row]], upto: int
     ) -> tuple[bytes, int]:
-        """Encode token groups (``batch`` … numeric) plus a closing ``POSITION`` if needed."""
+        """Encode token groups (``batch`` … numeric) plus a closing ``POSITION`` if needed.
+
+        One pass over the sorted updates: a row is ``batch`` when the next row has
+        the same token.  Lines are joined and encoded to bytes once per pass.
+        """
         name, me = stream.name, self.me
         lines: list[str] = []
+        append = lines.append
         x = last
-        batch_prefix = f"RDATA {name} {me} batch "
+        prefix = f"RDATA {name} {me} "
+        batch_prefix = prefix + "batch "
         carriers = stream.trace_carrier
-        for token, rows in token_groups(updates):
-            group: list[str] = []
-            last_i = len(rows) - 1
-            for i, row in enumerate(rows):
-                # The same text as RdataCommand.to_line(), without building the object.
-                if i < last_i:
-                    line = batch_prefix + encode_json(row)
-                else:
-                    line = f"RDATA {name} {me} {token} {encode_json(row)}"
-                    trace = carriers(token) if carriers is not None else None
-                    if trace:
-                        line = with_trailer(line, trace)
-                if len(line) > MAX_LINE_BYTES:  # ASCII: chars == bytes
-                    logger.warning("Row of %s token %s too long: sending POSITION", name, token)
-                    self.handler.stats.inc("dropped", name, "oversize")
-                    group = [PositionCommand(name, me, token, token).to_line()]
-                    break
-                group.append(line)
-            lines.extend(group)
-            x = token
+        enc = encode_json
+        n = len(updates)
+        group_start = 0
+        skip_token = -1
+        for i, (token, row) in enumerate(updates):
+            if token == skip_token:
+                continue  # the rest of an oversized token (replaced by a POSITION)
+            if token != x:
+                group_start = len(lines)
+                x = token
+            # The same text as RdataCommand.to_line(), without building the object.
+            if i + 1 < n and updates[i + 1][0] == token:
+                line = batch_prefix + enc(row)
+            else:
+                line = f"{prefix}{token} {enc(row)}"
+                trace = carriers(token) if carriers is not None else None
+                if trace:
+                    line = with_trailer(line, trace)
+            if len(line) > MAX_LINE_BYTES:  # ASCII: chars == bytes
+                logger.warning("Row of %s token %s too long: sending POSITION", name, token)
+                self.handler.stats.inc("dropped", name, "oversize")
+                del lines[group_start:]
+                append(PositionCommand(name, me, token, token).to_line())
+                skip_token = token
+                continue
+            append(line)
         if x < upto:
-            lines.append(PositionCommand(name, me, x, upto).to_line())
+            append(PositionCommand(name, me, x, upto).to_line())
         if not lines:
             return b"", 0
-        return ("\n".join(lines) + "\n").encode("ascii"), len(lines)
+        append("")
+        return "\n".join(lines).encode("ascii"), len(lines) - 1
 
     def broadcast(self, data: bytes, count: int) -> None:
         """Hand the same bytes to every connection (write coalescing)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -33,6 +34,7 @@ __all__ = [
     "decode_json",
     "encode_json",
     "parse_line",
+    "scan_json_list",
     "with_trailer",
 ]
 
@@ -56,15 +58,42 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+_encode = _ENCODER.encode
+
+
+def _make_c_encoder() -> Any:
+    """The C encoder with the same settings, built once (``JSONEncoder.encode`` builds one per call)."""
+    from json import encoder as _json_encoder
+
+    make = getattr(_json_encoder, "c_make_encoder", None)
+    ascii_str = getattr(_json_encoder, "c_encode_basestring_ascii", None)
+    if make is None or ascii_str is None:  # pragma: no cover - pure-Python json
+        return None
+    # No circular-reference markers: a circular value fails (RecursionError) and is then
+    # re-encoded by the checking encoder for its usual error.
+    return make(None, _ENCODER.default, ascii_str, None, ":", ",", False, False, False)
+
+
+_c_encode = _make_c_encoder()
 
 
 def encode_json(value: Any) -> str:
     """Compact, ASCII-only JSON; NaN/Infinity are refused, so no raw newline or TAB."""
+    if _c_encode is not None:
+        try:
+            return "".join(_c_encode(value, 0))
+        except (ValueError, TypeError, RecursionError):
+            pass  # the checking encoder raises its usual error below
     return _encode(value)
 
 
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+#: ``scan_json_list(text, 0) -> (value, end)``: the decoder's C scanner (NaN and
+#: Infinity refused), for callers that check ``end == len(text)`` themselves and
+#: fall back to :func:`decode_json` for the error message.
+scan_json_list: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
 
 
 def decode_json(text: str) -> Any:
