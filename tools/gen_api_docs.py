@@ -31,6 +31,16 @@ MODULES = [
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 
+#: Summaries for names whose object carries no docstring of its own.
+SUMMARIES = {
+    "logcontext.current_context": "The logging context current in this task or thread (the sentinel if "
+    "none); it is the context variable's bound ``get``.",
+    "logcontext.SENTINEL_CONTEXT": "The falsy \"no context\" value; its recording methods do nothing.",
+    "logcontext.LoggingContextOrSentinel": "``LoggingContext | _Sentinel``: what ``current_context()`` returns.",
+    "logcontext.clock.ClockMode": "``Literal[\"cpu\", \"rusage\", \"wall\", \"off\"]`` for type checkers.",
+    "logcontext.clock.ClockReading": "``tuple[int, int]``: user and system nanoseconds.",
+}
+
 
 def _first_paragraph(obj: object) -> str:
     doc = inspect.getdoc(obj) or ""
@@ -66,7 +76,7 @@ def render() -> str:
             obj = getattr(mod, name)
             kind = "class" if inspect.isclass(obj) else ("function" if callable(obj) else "value")
             sig = _signature(obj) if kind != "value" else ""
-            summary = _first_paragraph(obj) if kind != "value" else ""
+            summary = SUMMARIES.get(f"{modname}.{name}") or (_first_paragraph(obj) if kind != "value" else "")
             lines.append(f"- **`{name}{sig}`** ({kind})" + (f" — {summary}" if summary else ""))
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
