@@ -35,9 +35,10 @@ OUT = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 SUMMARIES = {
     "logcontext.current_context": "The logging context current in this task or thread (the sentinel if "
     "none); it is the context variable's bound ``get``.",
-    "logcontext.SENTINEL_CONTEXT": "The falsy \"no context\" value; its recording methods do nothing.",
-    "logcontext.LoggingContextOrSentinel": "``LoggingContext | _Sentinel``: what ``current_context()`` returns.",
-    "logcontext.clock.ClockMode": "``Literal[\"cpu\", \"rusage\", \"wall\", \"off\"]`` for type checkers.",
+    "logcontext.SENTINEL_CONTEXT": 'The falsy "no context" value; its recording methods do nothing.',
+    "logcontext.LoggingContextOrSentinel": "``LoggingContext | _Sentinel``, what ``current_context()`` "
+    "returns.",
+    "logcontext.clock.ClockMode": '``Literal["cpu", "rusage", "wall", "off"]`` for type checkers.',
     "logcontext.clock.ClockReading": "``tuple[int, int]``: user and system nanoseconds.",
 }
 
