@@ -5,21 +5,22 @@
   loopback TCP, with ``batch`` groups and write coalescing on.  The headline figure is
   the **burst**: the rows (500 per transaction) are committed while the streamer is
   held, then the streamer is poked and the clock runs from that poke to the worker's
-  status endpoint reporting the last token (polled every 10 ms).  That interval holds
-  exactly the replication path: the streamer's paged reads of the rows, line encoding,
-  coalesced ``transport.write``, the worker's line splitting and parsing, its per-stream
-  queue, logging contexts, metrics and delivery.  It is compared with **L_db** measured
-  on *the same rows*: the same paged ``SELECT`` (the stream's own query, at the
-  streamer's page size) on a bare ``sqlite3`` connection to that round's database file,
-  ``json.dumps`` of each row and formatting its ``RDATA`` line, single-threaded, in this
-  process, right after the round.  Neither side includes writing the rows.  The
-  "commit -> worker" figure (streamer live while the rows are committed, clock from the
-  first commit) is printed for orientation only: it contains the writer's commits
-  (about as long as the whole replication path here), which L_db does not.  Also
-  printed: L_net (pre-encoded lines over plain asyncio loopback, receiver splits lines
-  and ``json.loads`` each row) and the CPU per row of each process during the burst.
-  ``--profile`` runs the burst with main and worker in this one process under
-  ``cProfile`` (loopback TCP) and prints where the time goes.
+  status endpoint reporting the last token.  That interval holds exactly the
+  replication path: the streamer's paged reads of the rows, line encoding, coalesced
+  ``transport.write``, the worker's line splitting and parsing, its per-stream queue,
+  logging contexts, metrics and delivery.  The status is polled every 10 ms, so the end
+  is seen up to 10 ms late, which understates the rate (a few % at the default 50k rows;
+  use 50k or more).  It is compared with **L_db** on *the same rows*: the stream's own
+  paged ``SELECT`` at the streamer's page size on a bare ``sqlite3`` connection to that
+  round's database file, ``json.dumps`` of each row and formatting its ``RDATA`` line,
+  single-threaded in this process, right after the round.  Neither side includes
+  writing the rows.  The "commit -> worker" figure (streamer live while the rows are
+  committed, clock from the first commit) is printed for orientation only: it contains
+  the writer's commits (here about twice as long as replicating the rows), which L_db
+  does not.  Also printed: L_net (pre-encoded lines over plain asyncio loopback, the
+  receiver splits lines and ``json.loads`` each row) and each process's CPU per row
+  during the burst.  ``--profile`` runs the burst with main and worker in this one
+  process (loopback TCP) under ``cProfile`` and prints where the time goes.
 * **catch-up** (P2): a gap of ``--rows`` ``device_lists`` rows (and ``--events`` events with 30 %
   state rows) in SQLite; rows/s from the ``POSITION`` written by a scripted main to the
   worker's position reaching the end, at page sizes 100/500/1000, against L_db at the
