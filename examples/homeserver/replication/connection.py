@@ -219,7 +219,7 @@ class ReplicationConnection(asyncio.Protocol):
 
         A line is taken on the fast path only when it is exactly what our
         streamer writes (known-valid stream and instance names, a canonical
-        token or ``batch``, compact JSON list, no trailer, no ``\r``); every
+        token or ``batch``, compact JSON list, no trailer, no CR); every
         other line goes through :meth:`_line_received` after the run before it
         has been handed over, so order, errors and limits are unchanged.
         """
