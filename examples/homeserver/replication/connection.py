@@ -234,7 +234,7 @@ class ReplicationConnection(asyncio.Protocol):
                     parts = line.split(" ", 4)
                     if len(parts) == 5:
                         _, stream, instance, tok, js = parts
-                        if stream in streams and instance in instances and js[:1] == "[" and js[-1] == "]":
+                        if stream in streams and instance in instances and js[:1] == "[":
                             if tok == "batch":
                                 token: int | None = None
                             elif tok.isdigit() and len(tok) < 19 and (tok[0] != "0" or len(tok) == 1):
