@@ -35,6 +35,8 @@ _var_get: Final = _current.get
 _var_set: Final = _current.set
 _var_reset: Final = _current.reset
 
+_new_usage: Final = object.__new__
+
 #: One process-wide lock guards every addition to a context and its ancestors.
 _usage_lock = threading.Lock()
 
@@ -164,9 +166,10 @@ def _trace(event: str, ctx: object, other: object) -> None:
 class _Extra:
     """Rarely set fields of a context, kept out of the hot construction path."""
 
-    __slots__ = ("end_span_on_exit", "late_usage", "request", "server_name", "span", "tag")
+    __slots__ = ("end_span_on_exit", "late_usage", "request", "server_name", "span", "tag", "tokens")
 
     def __init__(self) -> None:
+        self.tokens: list[Token[LoggingContextOrSentinel]] | None = None  # re-entry stack
         self.span: Any = None
         self.server_name: str | None = None
         self.request: ContextRequest | None = None
@@ -203,14 +206,12 @@ class LoggingContext:
         "_u",
         "finished",
         "name",
-        "parent_context",
     )
 
     name: str
-    parent_context: LoggingContext | None
     finished: bool
     _ancestors: tuple[LoggingContext, ...]
-    _token: Token[LoggingContextOrSentinel] | list[Token[LoggingContextOrSentinel]] | None
+    _token: Token[LoggingContextOrSentinel] | None
     _u: ContextResourceUsage | None
     _extra: _Extra | None
 
@@ -233,10 +234,8 @@ class LoggingContext:
                 raise TypeError(
                     f"parent_context must be a LoggingContext or None, not {type(parent_context).__name__}"
                 )
-            self.parent_context = parent_context
             self._ancestors = (parent_context, *parent_context._ancestors)
         else:
-            self.parent_context = None
             self._ancestors = ()
         self.finished = False
         self._token = None
@@ -256,13 +255,20 @@ class LoggingContext:
         return x
 
     @property
+    def parent_context(self) -> LoggingContext | None:
+        """The parent given at construction (fixed for life), or ``None``."""
+        a = self._ancestors
+        return a[0] if a else None
+
+    @property
     def server_name(self) -> str:
         """Explicit, else the parent's, else the configured default."""
         x = self._extra
         if x is not None and x.server_name is not None:
             return x.server_name
-        if self.parent_context is not None:
-            return self.parent_context.server_name
+        a = self._ancestors
+        if a:
+            return a[0].server_name
         return config.default_server_name
 
     @server_name.setter
@@ -275,8 +281,9 @@ class LoggingContext:
         x = self._extra
         if x is not None and x.request is not None:
             return x.request
-        if self.parent_context is not None:
-            return self.parent_context.request
+        a = self._ancestors
+        if a:
+            return a[0].request
         return None
 
     @request.setter
@@ -343,13 +350,13 @@ class LoggingContext:
                 context=self,
             )
         held = self._token
-        if held is None:
-            self._token = _var_set(self)
-        else:
+        if held is not None:
             report("reenter-active", f"context {self.name!r} entered while already active", context=self)
-            stack: list[Token[LoggingContextOrSentinel]] = held if type(held) is list else [held]  # type: ignore[list-item]
-            stack.append(_var_set(self))
-            self._token = stack
+            x = self._x()
+            if x.tokens is None:
+                x.tokens = []
+            x.tokens.append(held)  # tokens stack; the newest stays in _token
+        self._token = _var_set(self)
         if _hot:
             if _clock._metering:
                 # _ledger.checkpoint(self), inlined: one call less on the hot path
@@ -373,15 +380,11 @@ class LoggingContext:
         if token is None:
             report("double-exit", f"context {self.name!r} exited more times than entered", context=self)
             return
-        if type(token) is list:
-            stack = token
-            token = stack.pop()
-            self._token = stack if len(stack) > 1 else stack[0]
-        else:
-            self._token = None
+        x = self._extra
+        self._token = x.tokens.pop() if x is not None and x.tokens else None
         found = _var_get()
         try:
-            _var_reset(token)  # type: ignore[arg-type]
+            _var_reset(token)
         except ValueError:
             # The token belongs to another Context: a collected or foreign-closed
             # coroutine is closing in whatever Context is ambient. Leave the
@@ -410,7 +413,6 @@ class LoggingContext:
             if _trace_on:
                 _trace("exit", self, _var_get())
         self.finished = True
-        x = self._extra
         if x is not None and x.span is not None and x.end_span_on_exit and _hooks.span_ender is not None:
             _hooks.span_ender(self)
         if found is not self:
@@ -477,10 +479,17 @@ class LoggingContext:
         late = None
         with _usage_lock:
             u = self._u
-            if u is None:
-                u = self._u = ContextResourceUsage()
-            u.ru_utime += ut
-            u.ru_stime += st
+            if u is None:  # first charge: build the usage in place (no __init__ frame)
+                u = self._u = _new_usage(ContextResourceUsage)
+                u.ru_utime = ut
+                u.ru_stime = st
+                u.db_txn_count = 0
+                u.db_txn_duration_sec = 0.0
+                u.db_sched_duration_sec = 0.0
+                u.evt_db_fetch_count = 0
+            else:
+                u.ru_utime += ut
+                u.ru_stime += st
             if self.finished:
                 late = [self]
             for c in self._ancestors:

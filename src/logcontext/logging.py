@@ -130,11 +130,12 @@ def _default_factory(
         if ctx:
             d["request"] = ctx.name
             if ctx._extra is None:  # nothing explicit: inherit from the parent, if any
-                parent = ctx.parent_context
-                if parent is None:
+                ancestors = ctx._ancestors
+                if not ancestors:
                     d["server_name"] = cfg.default_server_name
                     req = None
                 else:
+                    parent = ancestors[0]
                     d["server_name"] = parent.server_name
                     req = parent.request
             else:
