@@ -26,6 +26,7 @@ PATH`` (append the results as one JSON object per suite), ``--strict``
 from __future__ import annotations
 
 import argparse
+import contextvars
 import gc
 import json
 import platform
@@ -213,6 +214,78 @@ def exit_code(all_ok: bool, args: argparse.Namespace) -> int:
 
 def timer() -> Callable[[], float]:
     return time.perf_counter
+
+
+# -- baseline candidates shared by the benchmark scripts -----------------------
+
+_pc = time.perf_counter
+_cv: contextvars.ContextVar[int] = contextvars.ContextVar("bench", default=0)
+
+
+def b_empty(n: int) -> float:
+    """An empty loop: subtracted from every other candidate."""
+    t = _pc()
+    for _ in range(n):
+        pass
+    return _pc() - t
+
+
+def b_cv_get(n: int) -> float:
+    """``ContextVar.get``."""
+    get = _cv.get
+    t = _pc()
+    for _ in range(n):
+        get()
+    return _pc() - t
+
+
+def b_tcv(n: int) -> float:
+    """``tcv``: ``ContextVar.set`` + ``reset``."""
+    cv = _cv
+    t = _pc()
+    for _ in range(n):
+        cv.reset(cv.set(1))
+    return _pc() - t
+
+
+def b_ttt(n: int) -> float:
+    """``ttt``: ``time.thread_time_ns()``."""
+    f = time.thread_time_ns
+    t = _pc()
+    for _ in range(n):
+        f()
+    return _pc() - t
+
+
+def b_tpc(n: int) -> float:
+    """``tpc``: ``time.perf_counter_ns()``."""
+    f = time.perf_counter_ns
+    t = _pc()
+    for _ in range(n):
+        f()
+    return _pc() - t
+
+
+def make_with(clock: str, step_mode: str | None = None) -> Candidate:
+    """``with LoggingContext("x"): pass`` under ``clock`` (and ``step_mode``; default: the library's)."""
+
+    def bench(n: int) -> float:
+        import logcontext
+        from logcontext import LoggingContext
+        from logcontext._config import config
+
+        saved = (config.clock_mode, config.step_mode)
+        logcontext.configure(clock=clock, step_mode=step_mode)  # type: ignore[arg-type]
+        lc = LoggingContext
+        t = _pc()
+        for _ in range(n):
+            with lc("x"):
+                pass
+        dt = _pc() - t
+        logcontext.configure(clock=saved[0], step_mode=saved[1])
+        return dt
+
+    return bench
 
 
 if __name__ == "__main__":  # pragma: no cover

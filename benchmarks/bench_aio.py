@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import Suite, exit_code, parse_args
+from _harness import Suite, b_empty, b_tcv, b_ttt, exit_code, make_with, parse_args
 
 import logcontext
 from logcontext import LoggingContext, aio
@@ -255,46 +255,6 @@ def step_suite(
 
 
 # -- micro (P4s, P10) ------------------------------------------------------------------------
-
-
-def b_empty(n: int) -> float:
-    t = pc()
-    for _ in range(n):
-        pass
-    return pc() - t
-
-
-_cv: contextvars.ContextVar[int] = contextvars.ContextVar("bench", default=0)
-
-
-def b_tcv(n: int) -> float:
-    cv = _cv
-    t = pc()
-    for _ in range(n):
-        cv.reset(cv.set(1))
-    return pc() - t
-
-
-def b_ttt(n: int) -> float:
-    t = pc()
-    for _ in range(n):
-        ttt()
-    return pc() - t
-
-
-def make_with(clock: str, step: str) -> Callable[[int], float]:
-    def bench(n: int) -> float:
-        logcontext.configure(clock=clock, step_mode=step)  # type: ignore[arg-type]
-        LC = LoggingContext
-        t = pc()
-        for _ in range(n):
-            with LC("x"):
-                pass
-        dt = pc() - t
-        logcontext.configure(clock="off", step_mode="exact")
-        return dt
-
-    return bench
 
 
 def micro_suite(args: Any) -> tuple[bool, Suite]:

@@ -10,7 +10,6 @@ ratios to their anchors are printed marked "anchor, not measured here".
 
 from __future__ import annotations
 
-import contextvars
 import statistics
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import Suite, exit_code, parse_args
+from _harness import Suite, b_cv_get, b_empty, b_tcv, b_tpc, b_ttt, exit_code, make_with, parse_args
 
 import logcontext
 from logcontext import LoggingContext, PreserveLoggingContext, current_context
@@ -30,53 +29,11 @@ ANCHOR_US = {"structlog": 1.2, "synapse_with": 1.97, "otel": 0.31}
 pc = time.perf_counter
 
 
-def b_empty(n: int) -> float:
-    t = pc()
-    for _ in range(n):
-        pass
-    return pc() - t
-
-
-_cv: contextvars.ContextVar[int] = contextvars.ContextVar("bench", default=0)
-
-
-def b_cv_get(n: int) -> float:
-    get = _cv.get
-    t = pc()
-    for _ in range(n):
-        get()
-    return pc() - t
-
-
-def b_tcv(n: int) -> float:
-    cv = _cv
-    t = pc()
-    for _ in range(n):
-        cv.reset(cv.set(1))
-    return pc() - t
-
-
 def b_current(n: int) -> float:
     cc = current_context
     t = pc()
     for _ in range(n):
         cc()
-    return pc() - t
-
-
-def b_ttt(n: int) -> float:
-    f = time.thread_time_ns
-    t = pc()
-    for _ in range(n):
-        f()
-    return pc() - t
-
-
-def b_tpc(n: int) -> float:
-    f = time.perf_counter_ns
-    t = pc()
-    for _ in range(n):
-        f()
     return pc() - t
 
 
@@ -88,21 +45,6 @@ def b_rusage(n: int) -> float:
     for _ in range(n):
         f(who)
     return pc() - t
-
-
-def make_with(mode: str, step_mode: str = "exact"):  # type: ignore[no-untyped-def]
-    def bench(n: int) -> float:
-        logcontext.configure(clock=mode, step_mode=step_mode)  # type: ignore[arg-type]
-        LC = LoggingContext
-        t = pc()
-        for _ in range(n):
-            with LC("x"):
-                pass
-        dt = pc() - t
-        logcontext.configure(clock="cpu", step_mode="sampled")
-        return dt
-
-    return bench
 
 
 def b_preserve_off(n: int) -> float:
@@ -200,7 +142,7 @@ def main() -> int:
     if sys.platform.startswith("linux"):
         suite.add("getrusage(THREAD)", b_rusage)
     for mode in ("off", "wall", "cpu", "rusage"):
-        suite.add(f"with LoggingContext [{mode}]", make_with(mode))
+        suite.add(f"with LoggingContext [{mode}]", make_with(mode, "exact"))
     suite.add("with LoggingContext [cpu, sampled]", make_with("cpu", "sampled"))
     suite.add("with PreserveLoggingContext [off]", b_preserve_off)
     have = comparators(suite)
@@ -280,7 +222,9 @@ def main() -> int:
             top = {}
             for line in err.splitlines():
                 parts = line.split("|")
-                if len(parts) == 3 and parts[1].strip().isdigit() and not parts[2].startswith("  "):  # top level
+                if (
+                    len(parts) == 3 and parts[1].strip().isdigit() and not parts[2].startswith("  ")
+                ):  # top level
                     top[parts[2].strip()] = int(parts[1])
             base = sum(top.get(m, 0) for m in ("logging", "contextvars", "threading"))
             ours = top.get("logcontext", 0)

@@ -33,7 +33,6 @@ All suites run in the live configuration, printed first with the library's defau
 
 from __future__ import annotations
 
-import contextvars
 import statistics
 import sys
 import time
@@ -43,7 +42,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import Suite, exit_code, parse_args
+from _harness import Suite, b_empty, b_tcv, exit_code, parse_args
 
 import logcontext.tracing as lt
 from logcontext import LoggingContext, configure
@@ -105,24 +104,6 @@ def use(provider: TracerProvider | None) -> None:
         lt.init_tracing("noop")
     else:
         lt.init_tracing("otel", tracer_provider=provider)
-
-
-def b_empty(n: int) -> float:
-    t = pc()
-    for _ in range(n):
-        pass
-    return pc() - t
-
-
-_cv: contextvars.ContextVar[int] = contextvars.ContextVar("bench", default=0)
-
-
-def b_tcv(n: int) -> float:
-    cv = _cv
-    t = pc()
-    for _ in range(n):
-        cv.reset(cv.set(1))
-    return pc() - t
 
 
 def b_null_span(n: int) -> float:

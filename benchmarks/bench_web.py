@@ -30,7 +30,6 @@ Suites "logging" (P11, P12, P13) and "metrics" (P16) are micro-ratios.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import socket
 import statistics
@@ -43,7 +42,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import Suite, exit_code, parse_args
+from _harness import Suite, b_empty, b_tcv, exit_code, parse_args
 
 import logcontext
 from logcontext import ContextRequest, LoggingContext, Measure, aio
@@ -495,23 +494,6 @@ def layers_suite(args: Any) -> bool:
 
 
 # -- logging (P11, P12, P13) -------------------------------------------------------------------
-
-_cv: contextvars.ContextVar[int] = contextvars.ContextVar("bench", default=0)
-
-
-def b_empty(n: int) -> float:
-    t = pc()
-    for _ in range(n):
-        pass
-    return pc() - t
-
-
-def b_tcv(n: int) -> float:
-    cv = _cv
-    t = pc()
-    for _ in range(n):
-        cv.reset(cv.set(1))
-    return pc() - t
 
 
 def make_record_bench(
