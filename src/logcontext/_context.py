@@ -506,7 +506,9 @@ class LoggingContext:
         late = None
         with _usage_lock:
             for c in (self, *self._ancestors):
-                u = c._usage
+                u = c._u
+                if u is None:
+                    u = c._u = ContextResourceUsage()
                 u.ru_utime += ut
                 u.ru_stime += st
                 u.db_txn_count += txn
