@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from homeserver.replication import _instrument
+from logcontext.web import logcontext_middleware, request_handler
 
 if TYPE_CHECKING:
     from homeserver.app import MainProcess, Worker
@@ -57,6 +58,7 @@ def build_main_app(main: MainProcess) -> web.Application:
     routes = web.RouteTableDef()
 
     @routes.post("/_hs/events")
+    @request_handler("SendEventServlet")
     async def post_event(request: web.Request) -> web.Response:
         body = await _json_body(request)
         room_id, etype, sender = body.get("room_id"), body.get("type"), body.get("sender")
@@ -74,13 +76,13 @@ def build_main_app(main: MainProcess) -> web.Application:
             return _bad("state_key must be a string")
         if not isinstance(content, dict):
             return _bad("content must be an object")
-        with _instrument.logging_context("POST-/_hs/events"):
-            event_id, ordering = await main.send_event(
-                room_id, etype, sender, state_key=state_key, content=content
-            )
+        event_id, ordering = await main.send_event(
+            room_id, etype, sender, state_key=state_key, content=content
+        )
         return web.json_response({"event_id": event_id, "stream_ordering": ordering})
 
     @routes.put("/_hs/devices/{user_id}")
+    @request_handler("DeviceListServlet")
     async def put_devices(request: web.Request) -> web.Response:
         user_id = request.match_info["user_id"]
         body = await _json_body(request)
@@ -91,11 +93,11 @@ def build_main_app(main: MainProcess) -> web.Application:
             return _bad("device_ids must be a non-empty list of strings")
         if not _str_list(hosts):
             return _bad("hosts must be a list of strings")
-        with _instrument.logging_context("PUT-/_hs/devices"):
-            stream_id = await main.change_devices(user_id, device_ids, hosts)
+        stream_id = await main.change_devices(user_id, device_ids, hosts)
         return web.json_response({"stream_id": stream_id})
 
     @routes.put("/_hs/typing/{room_id}/{user_id}")
+    @request_handler("TypingServlet")
     async def put_typing(request: web.Request) -> web.Response:
         body = await _json_body(request)
         typing = body.get("typing")
@@ -105,6 +107,7 @@ def build_main_app(main: MainProcess) -> web.Application:
         return web.json_response({"serial": serial})
 
     @routes.get("/_hs/status")
+    @request_handler("StatusServlet")
     async def status(request: web.Request) -> web.Response:
         del request
         conns = []
@@ -113,6 +116,7 @@ def build_main_app(main: MainProcess) -> web.Application:
         return web.json_response({"positions": main.positions(), "connections": conns})
 
     @routes.get("/_synapse/replication/get_repl_stream_updates/{stream}")
+    @request_handler("ReplicationGetStreamUpdatesServlet")
     async def get_updates(request: web.Request) -> web.Response:
         secret = main.options.secret
         if secret:
@@ -134,7 +138,6 @@ def build_main_app(main: MainProcess) -> web.Application:
             return _bad("tokens must be >= 0 and limit >= 1")
         parent, links = _instrument.remote_parent_or_link(dict(request.headers))
         with (
-            _instrument.logging_context(f"replication-http-{stream.name}"),
             _instrument.span(
                 "replication.http.get_repl_stream_updates",
                 {"stream": stream.name, "from": from_token, "to": upto_token},
@@ -148,6 +151,7 @@ def build_main_app(main: MainProcess) -> web.Application:
         )
 
     @routes.get("/metrics")
+    @request_handler("MetricsServlet")
     async def metrics(request: web.Request) -> web.Response:
         del request
         try:
@@ -158,6 +162,9 @@ def build_main_app(main: MainProcess) -> web.Application:
 
     app = web.Application()
     app.add_routes(routes)
+    from homeserver.http_rooms import add_room_routes
+
+    add_room_routes(app, main)  # room/state/invite routes + the request middleware (outermost)
     return app
 
 
@@ -181,10 +188,11 @@ async def start_main_http(main: MainProcess, host: str, port: int) -> tuple[web.
 async def start_worker_http(worker: Worker, host: str, port: int) -> tuple[web.AppRunner, int]:
     """Serve ``GET /_hs/status`` for a worker."""
 
+    @request_handler("StatusServlet")
     async def status(request: web.Request) -> web.Response:
         del request
         return web.json_response(worker.status())
 
-    app = web.Application()
+    app = web.Application(middlewares=[logcontext_middleware(server_name=worker.options.server_name)])
     app.router.add_get("/_hs/status", status)
     return await _serve(app, host, port)

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
+from pathlib import Path
 
 from homeserver.config import parse_database, parse_hostport
 
@@ -47,6 +48,13 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         help="keepalive interval; the timeout is 5x (default: 5)",
     )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-dir",
+        type=Path,
+        metavar="DIR",
+        help="write the JSON access log, spans (or OTLP if OTEL_EXPORTER_OTLP_ENDPOINT is set) "
+        "and the CPU ledger summary into DIR",
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,6 +102,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"homeserver main: error: {e}", file=sys.stderr)
         return 2
     setup_logging(args.log_level)
+    obs = None
+    if args.log_dir is not None:
+        from homeserver.observability import setup_observability
+
+        try:
+            obs = setup_observability(args.log_dir, "main")
+        except ValueError as e:
+            print(f"homeserver main: error: {e}", file=sys.stderr)
+            return 2
     options = ProcessOptions(
         server_name=args.server_name,
         secret=args.replication_secret,
@@ -126,4 +143,8 @@ def run(args: argparse.Namespace) -> int:
         await main.stop()
         return 0
 
-    return asyncio.run(amain())
+    try:
+        return asyncio.run(amain())
+    finally:
+        if obs is not None:
+            obs.shutdown()

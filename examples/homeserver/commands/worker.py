@@ -59,6 +59,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"homeserver worker: error: {e}", file=sys.stderr)
         return 2
     setup_logging(args.log_level)
+    obs = None
+    if args.log_dir is not None:
+        from homeserver.observability import setup_observability
+
+        try:
+            obs = setup_observability(args.log_dir, args.name)
+        except ValueError as e:
+            print(f"homeserver worker: error: {e}", file=sys.stderr)
+            return 2
     options = ProcessOptions(
         server_name=args.server_name,
         secret=args.replication_secret,
@@ -87,4 +96,8 @@ def run(args: argparse.Namespace) -> int:
         await worker.stop()
         return 0
 
-    return asyncio.run(amain())
+    try:
+        return asyncio.run(amain())
+    finally:
+        if obs is not None:
+            obs.shutdown()
