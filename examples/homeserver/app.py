@@ -42,31 +42,10 @@ logger = logging.getLogger(__name__)
 
 
 def apply_schema(txn: Any) -> None:
-    """Apply every ``storage/schema/*.sql`` file in name order.
+    """Apply every ``storage/schema/*.sql`` file in name order (idempotent)."""
+    from homeserver.storage.schema import apply_schema as apply
 
-    Uses ``homeserver.storage.schema.apply_schema`` when importable; today the
-    ``storage/schema/`` package shadows ``storage/schema.py``, so this falls back
-    to the same algorithm (statements split at ``;``, ``--`` lines dropped).
-    """
-    import homeserver.storage.schema as schema_pkg
-
-    loader = getattr(schema_pkg, "apply_schema", None)
-    if loader is not None:
-        loader(txn)
-        return
-    from importlib import resources
-
-    files = sorted(
-        (f for f in resources.files(schema_pkg).iterdir() if f.name.endswith(".sql")),
-        key=lambda f: f.name,
-    )
-    for f in files:
-        text = "\n".join(
-            line for line in f.read_text("utf-8").splitlines() if not line.lstrip().startswith("--")
-        )
-        for statement in text.split(";"):
-            if statement.strip():
-                txn.execute(statement.strip())
+    apply(txn)
 
 
 def _own_context(name: str) -> contextlib.AbstractContextManager[Any]:

@@ -22,7 +22,6 @@ Events are PDUs in the shape of the state-resolution vectors (an ``event_id`` ke
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -98,9 +97,6 @@ class _Rooms:
         self.main = main
         self._events: EventStore | None = None
         self._invites: InviteHandler | None = None
-        # store_state_group_txn picks MAX(id) + 1: concurrent calls collide on PostgreSQL
-        # (READ COMMITTED), so this process makes one state group at a time.
-        self._group_lock = asyncio.Lock()
 
     @property
     def events(self) -> EventStore:
@@ -194,8 +190,7 @@ class _Rooms:
             return _error(404, "M_NOT_FOUND", str(e))
         except StateResolutionError as e:
             return _error(400, "M_STATE_RESOLUTION", f"{e.category}: {e.message}")
-        async with self._group_lock:
-            group = await self.events.store_state_group(room_id, resolved)
+        group = await self.events.store_state_group(room_id, resolved)  # the store serialises IDs
         return web.json_response(
             {
                 "room_id": room_id,
