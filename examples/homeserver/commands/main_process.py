@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from homeserver.config import parse_database, parse_hostport
 
@@ -91,26 +92,23 @@ async def wait_for_signal() -> None:
     await stop.wait()
 
 
-def run(args: argparse.Namespace) -> int:
-    from homeserver.app import MainProcess, ProcessOptions
+def start_process(args: argparse.Namespace, command: str, service: str) -> tuple[Any, Any] | None:
+    """Common start-up of ``main`` and ``worker``: logging, ``--log-dir`` observability, options.
 
-    try:
-        database = parse_database(args.database)
-        replication = parse_hostport(args.replication, what="--replication")
-        http = parse_hostport(args.http, what="--http")
-    except ValueError as e:
-        print(f"homeserver main: error: {e}", file=sys.stderr)
-        return 2
+    Returns ``(ProcessOptions, observability or None)``, or ``None`` after printing an error.
+    """
+    from homeserver.app import ProcessOptions
+
     setup_logging(args.log_level)
     obs = None
     if args.log_dir is not None:
         from homeserver.observability import setup_observability
 
         try:
-            obs = setup_observability(args.log_dir, "main")
+            obs = setup_observability(args.log_dir, service)
         except ValueError as e:
-            print(f"homeserver main: error: {e}", file=sys.stderr)
-            return 2
+            print(f"homeserver {command}: error: {e}", file=sys.stderr)
+            return None
     options = ProcessOptions(
         server_name=args.server_name,
         secret=args.replication_secret,
@@ -119,6 +117,23 @@ def run(args: argparse.Namespace) -> int:
         redis_url=args.redis,
         redis_prefix=args.redis_prefix,
     )
+    return options, obs
+
+
+def run(args: argparse.Namespace) -> int:
+    from homeserver.app import MainProcess
+
+    try:
+        database = parse_database(args.database)
+        replication = parse_hostport(args.replication, what="--replication")
+        http = parse_hostport(args.http, what="--http")
+    except ValueError as e:
+        print(f"homeserver main: error: {e}", file=sys.stderr)
+        return 2
+    started = start_process(args, "main", "main")
+    if started is None:
+        return 2
+    options, obs = started
 
     async def amain() -> int:
         main = MainProcess(

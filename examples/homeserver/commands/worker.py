@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from homeserver.commands.main_process import add_common_arguments, setup_logging, wait_for_signal
+from homeserver.commands.main_process import add_common_arguments, start_process, wait_for_signal
 from homeserver.config import parse_database, parse_hostport
 
 __all__ = ["add_arguments", "run"]
@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from homeserver.app import ProcessOptions, Worker
+    from homeserver.app import Worker
     from homeserver.replication.protocol import ProtocolError, parse_line
 
     try:
@@ -58,24 +58,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"homeserver worker: error: {e}", file=sys.stderr)
         return 2
-    setup_logging(args.log_level)
-    obs = None
-    if args.log_dir is not None:
-        from homeserver.observability import setup_observability
-
-        try:
-            obs = setup_observability(args.log_dir, args.name)
-        except ValueError as e:
-            print(f"homeserver worker: error: {e}", file=sys.stderr)
-            return 2
-    options = ProcessOptions(
-        server_name=args.server_name,
-        secret=args.replication_secret,
-        ping_interval=args.ping_interval,
-        ping_timeout=args.ping_interval * 5,
-        redis_url=args.redis,
-        redis_prefix=args.redis_prefix,
-    )
+    started = start_process(args, "worker", args.name)
+    if started is None:
+        return 2
+    options, obs = started
 
     async def amain() -> int:
         worker = Worker(
