@@ -45,6 +45,7 @@ __all__ = [
     "in_progress",
     "ledger_stats",
     "set_sample_window",
+    "settle_pending",
     "stats",
 ]
 
@@ -408,6 +409,21 @@ def settle(current: Any) -> None:
             led.pend[led.charged] += now - led.wlast
             led.wlast = now
         close_window(led, now)
+
+
+def settle_pending() -> None:
+    """Close this thread's window if it holds pending shares (cheap when it does not).
+
+    Thread hand-off points call it when their work is done (a pool worker's job,
+    a bound callable), so the CPU of contexts that exited on this thread is
+    charged before the caller reads its figures.
+    """
+    try:
+        led = _local.ledger
+    except AttributeError:
+        return
+    if led.pend and _clock._metering:
+        settle(led.charged)
 
 
 def _flush_exact(led: Ledger) -> list[tuple[Any, int, int]]:
