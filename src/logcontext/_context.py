@@ -364,8 +364,26 @@ class LoggingContext:
                     led = _ledger._local.ledger
                 except AttributeError:
                     led = _ledger.get_ledger()
-                if led.charged is not self:
-                    _ledger.switch(led, self)
+                old = led.charged
+                if old is not self:
+                    if led.fast == 2 and led.flags_gen == _clock._generation:
+                        # _ledger.switch's ``sampled`` branch, inlined (keep them in step)
+                        now = led.wall()
+                        led.charged = self
+                        if old is not SENTINEL_CONTEXT:
+                            d = now - led.wlast
+                            led.pend[old] += d
+                            led.wlast = now
+                            if old.finished:
+                                led.lat.add(old)
+                            if now >= led.wdl:
+                                _ledger.close_window(led, now, old, d)
+                        else:
+                            led.wlast = now
+                            if now >= led.wdl:
+                                _ledger.close_window(led, now)
+                    else:
+                        _ledger.switch(led, self)
             if _trace_on:
                 _trace("enter", self, None)
         return self
@@ -408,7 +426,16 @@ class LoggingContext:
                     led = _ledger._local.ledger
                 except AttributeError:
                     led = _ledger.get_ledger()
-                if led.charged is not restored:
+                if led.charged is self and led.fast == 2 and led.flags_gen == _clock._generation:
+                    # _ledger.switch's ``sampled`` branch, inlined: the usual exit
+                    now = led.wall()
+                    led.charged = restored
+                    d = now - led.wlast
+                    led.pend[self] += d
+                    led.wlast = now
+                    if now >= led.wdl:
+                        _ledger.close_window(led, now, self, d)
+                elif led.charged is not restored:
                     _ledger.switch(led, restored)
             if _trace_on:
                 _trace("exit", self, _var_get())

@@ -235,8 +235,13 @@ def _run_in_child_context(
         )
         return fn(*args, **kwargs)
     assert isinstance(parent, LoggingContext)
-    with LoggingContext(parent.name, parent_context=parent):
-        return fn(*args, **kwargs)
+    try:
+        with LoggingContext(parent.name, parent_context=parent):
+            return fn(*args, **kwargs)
+    finally:
+        # The caller reads its figures once the result is back: charge the child's
+        # pending share now (the sampled mode leaves a young window open at exit).
+        _ledger.settle_pending()
 
 
 def _submit_args(fn: Callable[..., R], args: Any, kwargs: Any) -> tuple[Callable[..., R], tuple[Any, ...]]:

@@ -24,6 +24,7 @@ import os
 import re
 import threading
 import time
+import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -86,7 +87,9 @@ stats = _Stats()
 _fold_lock = threading.Lock()
 #: thread label -> [attributed_ns, unattributed_ns] of exited threads.
 _exited: dict[str, list[int]] = {}
-_live: dict[int, Ledger] = {}  # id(ledger) -> ledger (weak semantics via __del__)
+#: id(ledger) -> ledger of the live threads (weak: a thread's ledger dies with its
+#: thread-local storage, and its ``__del__`` folds it into ``_exited``).
+_live: weakref.WeakValueDictionary[int, Ledger] = weakref.WeakValueDictionary()
 
 
 def thread_label(name: str) -> str:
@@ -117,6 +120,7 @@ class Ledger:
         "end_cp",
         "fast",
         "flags_gen",
+        "ident",
         "last_s",
         "last_u",
         "lat",
@@ -142,6 +146,7 @@ class Ledger:
         self.unattributed_ns = 0
         self.attributed_ns = 0
         self.thread_label = thread_label(threading.current_thread().name)
+        self.ident = threading.get_ident()
         self.pend = defaultdict(int)
         self.lat = set()
         self.fast = 0
@@ -162,6 +167,13 @@ class Ledger:
 
     def __del__(self) -> None:
         try:
+            if self.pend and self.ident == threading.get_ident():
+                # The thread is ending (its thread-local storage is being cleared):
+                # charge the shares still pending in its last window.
+                self._final_close()
+        except Exception:  # interpreter shutdown, a foreign thread
+            pass
+        try:
             with _fold_lock:
                 _live.pop(id(self), None)
                 acc = _exited.setdefault(self.thread_label, [0, 0])
@@ -169,6 +181,18 @@ class Ledger:
                 acc[1] += self.unattributed_ns
         except Exception:  # interpreter shutdown
             pass
+
+    def _final_close(self) -> None:
+        if not _clock._metering or self.flags_gen != _clock._generation or not self.fast:
+            return
+        if self.fast == 2:
+            now = self.wall()
+            if self.charged is not _SENTINEL:
+                self.pend[self.charged] += now - self.wlast
+                self.wlast = now
+        else:
+            now = self.clk()
+        close_window(self, now)
 
 
 # A plain ``threading.local`` (a subclass makes every attribute read slower).
@@ -352,7 +376,10 @@ def switch(led: Ledger, new: Any) -> None:
             led.wlast = now
             if old.finished:
                 led.lat.add(old)
-            if old._token is None or now >= led.wdl:
+            # An exit does not close a young window: the exited context's share stays
+            # pending (less than one window of CPU) until the next close, which
+            # ``get_resource_usage()`` on this thread and ``settle_pending()`` force.
+            if now >= led.wdl:
                 close_window(led, now, old, d)
             return
         led.wlast = now
@@ -436,13 +463,13 @@ def _flush_exact(led: Ledger) -> list[tuple[Any, int, int]]:
         _charge_one(led, ctx, d)
         return [(ctx, d, 0)]
     items = [(ctx, d, 0) for ctx, d in pend.items()]
-    pend.clear()
+    led.pend = defaultdict(int)  # ``pend`` stays the window's record for _charge_items
     total = 0
     for _, d, _ in items:
         total += d
     led.attributed_ns += total
     if items:
-        _charge_items(items, led.lat)
+        _charge_items(items, led.lat, pend)
     return items
 
 
@@ -529,11 +556,11 @@ def close_window(led: Ledger, now: int, last: Any = None, d_last: int = 0) -> li
         if extra > 0:
             items.append((last, extra, 0))
             charged += extra
-    pend.clear()
+    led.pend = defaultdict(int)  # ``pend`` stays the window's record for _charge_items
     led.attributed_ns += charged
     led.unattributed_ns += cpu - charged
     if items:
-        _charge_items(items, led.lat)
+        _charge_items(items, led.lat, pend)
     else:
         led.lat.clear()
     return items
@@ -542,13 +569,16 @@ def close_window(led: Ledger, now: int, last: Any = None, d_last: int = 0) -> li
 _ctxmod: Any = None
 
 
-def _charge_items(items: list[tuple[Any, int, int]], lat: set[Any]) -> None:
+def _charge_items(
+    items: list[tuple[Any, int, int]], lat: set[Any], window: dict[Any, int] | None = None
+) -> None:
     """Charge deferred CPU to contexts and their ancestors under one acquisition of the lock.
 
     A context counts as charged late only if it was already finished when its
     pending CPU was recorded (``lat``): one that finished before the window
     closed (e.g. exited in another ``Context``) had its CPU burnt in time.
-    Ancestors are judged now.
+    Ancestors are judged now, except those that ran on this thread during the
+    ``window`` (the shares being charged): they exited after the CPU was burnt.
     """
     global _ctxmod
     if _ctxmod is None:
@@ -562,7 +592,7 @@ def _charge_items(items: list[tuple[Any, int, int]], lat: set[Any]) -> None:
             st = ds * 1e-9
             u = ctx._u
             if u is None:
-                u = ctx._usage
+                u = ctx._u = _ctxmod.ContextResourceUsage()
             u.ru_utime += ut
             if ds:
                 u.ru_stime += st
@@ -570,11 +600,11 @@ def _charge_items(items: list[tuple[Any, int, int]], lat: set[Any]) -> None:
             for c in ctx._ancestors:
                 u = c._u
                 if u is None:
-                    u = c._usage
+                    u = c._u = _ctxmod.ContextResourceUsage()
                 u.ru_utime += ut
                 if ds:
                     u.ru_stime += st
-                if c.finished:
+                if c.finished and (window is None or c not in window):
                     fin = [c] if fin is None else [*fin, c]
             if fin is not None:
                 late = [] if late is None else late
@@ -665,6 +695,7 @@ def _after_fork_in_child() -> None:
     old = getattr(_local, "ledger", None)
     if old is not None:
         old.attributed_ns = old.unattributed_ns = 0  # nothing to fold from before fork
+        old.pend.clear()  # nor to charge: the parent charges its own window
     led = _local.ledger = Ledger()
     led.charged = current_context()
 

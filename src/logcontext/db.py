@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, M
 from types import CoroutineType, TracebackType
 from typing import Any, Concatenate, Final, Generic, ParamSpec, TypeVar
 
-from . import _db_hooks
+from . import _db_hooks, _ledger
 from ._context import (
     SENTINEL_CONTEXT,
     LoggingContext,
@@ -468,6 +468,9 @@ class DatabasePool:
                 job.result = self._transact_traced(state, job, None)
         except BaseException as e:
             job.exc = e
+        # Charge the child's CPU before the caller can read its figures (the sampled
+        # step mode leaves a young window open at the child's exit).
+        _ledger.settle_pending()
         with self._lock:
             self._idle += 1
         cf = job.cfuture

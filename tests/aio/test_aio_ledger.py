@@ -189,8 +189,8 @@ def test_close_makes_no_clock_read(xclocks: Clocks) -> None:
 
 
 def test_sampled_reads_only_wall_clock_within_a_window(clocks: Clocks) -> None:
-    """sampled: steps inside one window read only the wall clock; the CPU clock is read when the
-    window closes (here: at the context's exit)."""
+    """sampled: steps inside one window read only the wall clock, the context's exit included; the
+    CPU clock is read when the window closes (here: when the exited context's figures are read)."""
     logcontext.configure(step_mode="sampled")
     _ledger.set_sample_window(1000)  # 1 s: no window closes during the steps
     _resync()
@@ -203,9 +203,10 @@ def test_sampled_reads_only_wall_clock_within_a_window(clocks: Clocks) -> None:
         ta.step()
     assert clocks.cpu.reads == reads
     assert clocks.wall_reads - wall == 2 * 19
-    ta.step()  # exits `a`: the window closes so its figures are final
+    ta.step()  # exits `a`: its share stays pending (the window is young)
+    assert clocks.cpu.reads == reads
+    assert a.get_resource_usage().ru_utime == pytest.approx(200e-6)  # closes the window
     assert clocks.cpu.reads == reads + 1
-    assert a.get_resource_usage().ru_utime == pytest.approx(200e-6)
 
 
 def test_sampled_apportions_window_cpu_by_wall_share(clocks: Clocks) -> None:

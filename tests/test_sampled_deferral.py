@@ -1,0 +1,118 @@
+"""The ``sampled`` step mode leaves a young window open when a context exits (spec §2.4).
+
+An exit reads only the wall clock; the exited context's CPU stays pending on its
+thread until the window closes. These tests pin down who closes it: a read of
+the figures on that thread, the thread hand-off helpers, the thread's end, and
+that no spurious ``late-usage`` report comes out of the deferral.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+import logcontext
+from logcontext import LoggingContext, _ledger, aio
+
+
+@pytest.fixture
+def sampled() -> Iterator[None]:
+    """cpu clock, sampled steps, a window long enough that none closes on its own."""
+    logcontext.configure(clock="cpu", step_mode="sampled")
+    _ledger.set_sample_window(10_000)
+    try:
+        yield
+    finally:
+        _ledger.set_sample_window(1.0)
+
+
+def _burn(seconds: float) -> None:
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+def test_exit_keeps_the_share_pending_until_read(sampled: None) -> None:
+    """An exit in a young window charges nothing yet; reading the figures closes the window."""
+    with LoggingContext("warm"):
+        pass
+    _ledger.settle_pending()  # the first window is open now and young
+    led = _ledger.get_ledger()
+    windows = _ledger.stats.windows
+    with LoggingContext("a") as a:
+        _burn(0.002)
+    assert a in led.pend
+    assert _ledger.stats.windows == windows
+    assert a.get_resource_usage().ru_utime >= 0.0015
+    assert a not in led.pend
+    assert _ledger.stats.windows == windows + 1
+
+
+def test_parent_and_child_exiting_in_one_window_are_not_late(sampled: None) -> None:
+    """Charging a deferred child share after its parent exited is not late usage for the parent."""
+    with LoggingContext("p") as p:
+        with LoggingContext("c", parent_context=p) as c:
+            _burn(0.001)
+    assert p.finished and c.finished
+    usage = p.get_resource_usage()  # closes the window: strict mode raises on a late report
+    assert usage.ru_utime >= c.get_resource_usage().ru_utime > 0
+    assert p.late_usage is None and c.late_usage is None
+
+
+@pytest.mark.misuse_ok
+def test_child_running_after_its_parent_finished_is_still_late() -> None:
+    """A share recorded after the parent's window closed is reported late on the parent."""
+    logcontext.configure(clock="cpu", step_mode="sampled")
+    _ledger.set_sample_window(0)  # every checkpoint closes the window
+    try:
+        p = LoggingContext("p")
+        c = LoggingContext("c", parent_context=p)
+        with p:
+            pass
+        with c:
+            _burn(0.002)
+        assert c.get_resource_usage().ru_utime >= 0.0015
+        assert c.late_usage is None
+        assert p.late_usage is not None
+        assert p.late_usage.ru_utime >= 0.0015
+    finally:
+        _ledger.set_sample_window(1.0)
+
+
+def test_a_raw_threads_pending_share_is_charged_when_it_ends(sampled: None) -> None:
+    """A thread that ends with a share pending has it charged by its ledger's finaliser."""
+    p = LoggingContext("p")
+    seen: list[bool] = []
+
+    def work() -> None:
+        with LoggingContext("c", parent_context=p) as c:
+            _burn(0.003)
+        seen.append(c in _ledger.get_ledger().pend)
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    assert seen == [True]  # still pending when the thread's function returned
+    assert p.get_resource_usage().ru_utime >= 0.0025
+
+
+def test_run_in_executor_settles_the_worker(sampled: None) -> None:
+    """The caller sees a pool worker's CPU as soon as the awaited call returns."""
+
+    async def main() -> float:
+        with LoggingContext("req") as req:
+            await logcontext.run_in_executor(None, _burn, 0.003)
+            return req.get_resource_usage().ru_utime
+
+    assert aio.run(main()) >= 0.0025
+
+
+def test_settle_pending_is_a_no_op_without_shares(sampled: None) -> None:
+    """settle_pending() with nothing pending reads no clock and closes no window."""
+    _ledger.settle_pending()
+    windows = _ledger.stats.windows
+    _ledger.settle_pending()
+    assert _ledger.stats.windows == windows
