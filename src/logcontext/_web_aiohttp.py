@@ -11,13 +11,17 @@ from typing import Any
 
 from aiohttp import HttpVersion10, HttpVersion11, web
 
-from ._redact import DEFAULT_REDACT
+from . import _bgmetrics
+from ._access import access_logger
+from ._redact import DEFAULT_REDACT, redact_uri
 from ._web_common import (
     _CURRENT,
     DEFAULT_QUIET_PATHS,
     RequestState,
     TraceOrigin,
     WebOptions,
+    _counter,
+    new_request_state,
     response_trace_headers,
     start_server_span,
 )
@@ -27,6 +31,8 @@ __all__ = ["logcontext_middleware"]
 logger = logging.getLogger("logcontext.web")
 _TRACING_MODULE = "logcontext.tracing"
 _monotonic = time.monotonic
+_modules = sys.modules
+_DEBUG = logging.DEBUG
 _MISSING: Any = object()
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -84,26 +90,50 @@ def logcontext_middleware(
         trace_origin=trace_origin,
     )
 
+    # Everything that is the same for every request, resolved once.
     id_header = opts.request_id_header
     echo = opts.echo_request_id
+    trust = opts.trust_request_id
+    proxies = opts.trusted_proxies
+    redact = opts.redact_params
+    site_tag = opts.site_tag
+    loggers = {s: access_logger(s, site_tag) for s in ("http", "https")}
+    route_name = _route_name
 
     @web.middleware
     async def logcontext_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
-        version = request.version
+        received = _monotonic()
+        method = request.method
+        headers = request.headers
+        echo_id: str | None = None
+        if trust:
+            rid, echo_id = opts.choose_request_id(headers.get(id_header))
+        else:
+            rid = str(next(_counter))
+        peer = request.remote
+        ip = opts.client_ip(peer, headers.get("X-Forwarded-For")) if proxies else peer or "-"
         raw = request.raw_path
         q = raw.find("?")
-        st = RequestState(
+        version = request.version
+        scheme = request.scheme
+        lg = loggers.get(scheme) or access_logger(scheme, site_tag)
+        st = new_request_state(
             opts,
-            method=request.method,
-            path=raw if q < 0 else raw[:q],
-            raw_uri=raw,
-            protocol=_PROTOCOLS.get(version) or f"HTTP/{version.major}.{version.minor}",
-            peer=request.remote,
-            headers_get=request.headers.get,
-            scheme=request.scheme,
-            route=request,
-            route_fn=_route_name,
+            lg,
+            received,
+            f"{method}-{rid}",
+            method,
+            raw if q < 0 else raw[:q],
+            raw if q < 0 else redact_uri(raw, redact),
+            _PROTOCOLS.get(version) or f"HTTP/{version.major}.{version.minor}",
+            ip,
+            headers.get("User-Agent") or "-",
+            scheme,
+            request,
+            route_name,
         )
+        if echo_id is not None:
+            st.echo_id = echo_id
         writer = request.writer
         previous = getattr(writer, "on_body_write", _MISSING)
         counting = previous is not _MISSING
@@ -111,14 +141,19 @@ def logcontext_middleware(
             # Streamed bodies are counted as written; a bound method unless chaining.
             writer.on_body_write = st.count_body if previous is None else _chain(st, previous)
 
+        ctx = st.ctx
         try:
-            with st.ctx:
+            with ctx:
                 token = _CURRENT.set(st)
                 scope_cm = None
                 try:
-                    st.begin()
-                    if _TRACING_MODULE in sys.modules:
-                        scope_cm = start_server_span(st, request.headers)
+                    if lg.isEnabledFor(_DEBUG):
+                        st.log_arrival()
+                    m = _bgmetrics.active
+                    if m is not None:
+                        m.request_started(st)
+                    if _TRACING_MODULE in _modules:
+                        scope_cm = start_server_span(st, headers)
                         st.traced = scope_cm is not None
                     # The handler and the send, inline (no extra coroutine per request).
                     try:
@@ -131,7 +166,7 @@ def logcontext_middleware(
                         raise
                     except Exception:
                         st.handler_done()
-                        logger.exception("Unhandled exception in request %s %s", st.method, st.request.url)
+                        logger.exception("Unhandled exception in request %s %s", method, st.request.url)
                         resp = web.Response(status=500, text="500 Internal Server Error")
                     if st.handler_finished is None:
                         st.handler_finished = _monotonic()
@@ -143,8 +178,7 @@ def logcontext_middleware(
                         prepared = False
                     st.status = resp.status
                     if not prepared:
-                        echo_id = st.echo_id
-                        resp.headers[id_header] = echo_id if (echo_id and echo) else st.ctx.name
+                        resp.headers[id_header] = echo_id if (echo_id and echo) else ctx.name
                         if st.traced:
                             for k, v in response_trace_headers().items():
                                 resp.headers[k] = v
@@ -180,7 +214,8 @@ def logcontext_middleware(
                         if counting:
                             writer.on_body_write = previous  # breaks the writer -> state cycle
         finally:
-            st.record_metrics()  # after the exit: final figures, no clock read
+            if _bgmetrics.active is not None:
+                st.record_metrics()  # after the exit: final figures, no clock read
 
     return logcontext_mw
 

@@ -24,6 +24,7 @@ __all__ = [
     "RequestState",
     "WebOptions",
     "current_request_state",
+    "new_request_state",
     "next_request_id",
 ]
 
@@ -166,37 +167,42 @@ def _is_ip(addr: str) -> bool:
 
 
 class RequestState:
-    """One request's bookkeeping: timings, status, bytes, servlet, metrics."""
+    """One request's bookkeeping: timings, status, bytes, servlet, metrics.
 
-    __slots__ = (
-        "_code",
-        "_end",
-        "_route",
-        "_route_fn",
-        "bytes_sent",
-        "cancelled",
-        "completed",
-        "ctx",
-        "echo_id",
-        "gone_at",
-        "handler_finished",
-        "logger",
-        "method",
-        "opts",
-        "path",
-        "received",
-        "received_counted",
-        "received_ts",
-        "reported",
-        "request",
-        "response_sent",
-        "response_started",
-        "scheme",
-        "server_name",
-        "servlet",
-        "status",
-        "traced",
-    )
+    The fields that start the same for every request are class-level defaults (no slots), so
+    building a state writes only the per-request ones; :func:`new_request_state` is the
+    positional fast path the aiohttp middleware uses.
+    """
+
+    # Per-request values (written by every constructor).
+    received: float
+    received_ts: float
+    opts: WebOptions
+    method: str
+    path: str
+    scheme: str
+    request: ContextRequest
+    ctx: LoggingContext
+    server_name: str
+    logger: logging.Logger
+    # Shared defaults until an event changes them.
+    echo_id: str | None = None
+    servlet: str | None = None
+    traced: bool = False
+    handler_finished: float | None = None
+    response_sent: float | None = None
+    response_started: bool = False
+    gone_at: float | None = None
+    status: int | None = None
+    bytes_sent: int = 0
+    completed: bool = False
+    cancelled: bool = False
+    received_counted: bool = False
+    reported: ContextResourceUsage = _ZERO_USAGE
+    _route: Any = None
+    _route_fn: Callable[[Any], str | None] | None = None
+    _finished: bool = False  # finish() ran and the metrics are not recorded yet
+    _end: float = 0.0
 
     def __init__(
         self,
@@ -212,48 +218,31 @@ class RequestState:
         route: Any = None,
         route_fn: Callable[[Any], str | None] | None = None,
     ) -> None:
-        self.received = _monotonic()
-        self.received_ts = _time()
-        self.opts = opts
-        self.method = method
-        self.path = path
-        self.scheme = scheme
-        self.echo_id: str | None = None
+        received = _monotonic()
         if opts.trust_request_id:
-            rid, self.echo_id = opts.choose_request_id(headers_get(opts.request_id_header))
+            rid, echo_id = opts.choose_request_id(headers_get(opts.request_id_header))
+            if echo_id is not None:
+                self.echo_id = echo_id
         else:
             rid = str(next(_counter))
-        proxies = opts.trusted_proxies
-        ip = opts.client_ip(peer, headers_get("X-Forwarded-For")) if proxies else peer or "-"
-        name = f"{method}-{rid}"
-        self.request = req = ContextRequest(
-            name,
-            ip,
-            opts.site_tag,
+        ip = opts.client_ip(peer, headers_get("X-Forwarded-For")) if opts.trusted_proxies else peer or "-"
+        _setup(
+            self,
+            opts,
+            access_logger(scheme, opts.site_tag),
+            received,
+            f"{method}-{rid}",
             method,
+            path,
             redact_uri(raw_uri, opts.redact_params) if "?" in raw_uri else raw_uri,
             protocol,
+            ip,
             headers_get("User-Agent") or "-",
+            scheme,
         )
-        self.ctx = LoggingContext(name, server_name=opts.server_name, request=req)
-        self.server_name = opts.server_name or _config.config.default_server_name
-        self.servlet: str | None = None
-        self._route = route
-        self._route_fn = route_fn
-        self.traced = False
-        self.logger = access_logger(scheme, opts.site_tag)
-        self.handler_finished: float | None = None
-        self.response_sent: float | None = None
-        self.response_started = False
-        self.gone_at: float | None = None
-        self.status: int | None = None
-        self.bytes_sent = 0
-        self.completed = False
-        self.cancelled = False
-        self.received_counted = False
-        self.reported = _ZERO_USAGE
-        self._code: str | None = None
-        self._end = 0.0
+        if route_fn is not None:
+            self._route = route
+            self._route_fn = route_fn
 
     @property
     def request_id_value(self) -> str:
@@ -276,23 +265,34 @@ class RequestState:
                 return r
         return "unrouted"
 
+    @property
+    def status_code(self) -> str:
+        """The metric/span status label: ``499`` if cancelled, ``0`` without a status."""
+        if self.cancelled:
+            return "499"
+        status = self.status
+        return "0" if status is None else str(status)
+
     # -- events ------------------------------------------------------------------------------
 
     def begin(self) -> None:
         """Inside the request context: arrival line, in-flight metrics."""
-        lg = self.logger
-        if lg.isEnabledFor(_DEBUG):
-            req = self.request
-            lg.debug(
-                "%s - %s - Received request: %s %s",
-                req.ip_address,
-                req.site_tag,
-                self.method,
-                req.url,
-            )
+        if self.logger.isEnabledFor(_DEBUG):
+            self.log_arrival()
         m = _bgmetrics.active
         if m is not None:
             m.request_started(self)
+
+    def log_arrival(self) -> None:
+        """The DEBUG "Received request" line (the caller checked the level)."""
+        req = self.request
+        self.logger.debug(
+            "%s - %s - Received request: %s %s",
+            req.ip_address,
+            req.site_tag,
+            self.method,
+            req.url,
+        )
 
     def set_servlet(self, servlet: str) -> None:
         """Set the servlet label (first ``@request_handler`` wins) and count the request."""
@@ -345,15 +345,16 @@ class RequestState:
             end = self.gone_at
             if end is None:
                 end = _monotonic()
-        cancelled = self.cancelled
-        status = self.status
-        code = "499" if cancelled else ("0" if status is None else str(status))
-        method = self.method
-        level = _DEBUG if (method == "OPTIONS" or self.path in self.opts.quiet_paths) else _INFO
+        self._end = end
+        self._finished = True
+        level = _DEBUG if (self.method == "OPTIONS" or self.path in self.opts.quiet_paths) else _INFO
         lg = self.logger
         m = _bgmetrics.active
         enabled = lg.isEnabledFor(level)
-        if self.servlet is None and (enabled or m is not None or self.traced):
+        traced = self.traced
+        if not (enabled or traced or m is not None):
+            return  # nothing logged, traced or counted: no label, no snapshot
+        if self.servlet is None:
             # Routing is over: resolve the label once for the line, the span and the metrics.
             self.servlet = self.servlet_name
         usage: ContextResourceUsage | None = None
@@ -363,20 +364,17 @@ class RequestState:
                 self._log_access(lg, level, usage, handler_finished, end)
             except Exception:
                 logger.exception("logcontext: failed to write the access line")
-        if self.traced:
-            _tracing_finish(self, code)
-        self._code = code
-        self._end = end
+        if traced:
+            _tracing_finish(self, self.status_code)
         if metrics and m is not None:
             self.record_metrics(usage)
 
     def record_metrics(self, usage: ContextResourceUsage | None = None) -> None:
         """Record the request metrics (after :meth:`finish`); ``usage``: a snapshot to reuse."""
         m = _bgmetrics.active
-        code = self._code
-        if m is None or code is None:
+        if m is None or not self._finished:
             return
-        self._code = None  # once
+        self._finished = False  # once
         if self.servlet is None:
             self.servlet = self.servlet_name
         try:
@@ -384,7 +382,7 @@ class RequestState:
             self.received_counted = True
             m.request_finished(
                 self,
-                code=code,
+                code=self.status_code,
                 tag=self.ctx.tag,
                 duration=self._end - self.received,
                 size=self.bytes_sent,
@@ -432,6 +430,61 @@ class RequestState:
             fmt=self.opts.access_line_format,
         )
         lg.log(level, "%s", line, extra={"access": access})
+
+
+def _setup(
+    st: RequestState,
+    opts: WebOptions,
+    lg: logging.Logger,
+    received: float,
+    name: str,
+    method: str,
+    path: str,
+    uri: str,
+    protocol: str,
+    ip: str,
+    user_agent: str,
+    scheme: str,
+) -> None:
+    """Write the per-request fields of ``st`` (``uri`` already redacted)."""
+    st.received = received
+    st.received_ts = _time()
+    st.opts = opts
+    st.method = method
+    st.path = path
+    st.scheme = scheme
+    st.request = req = ContextRequest(name, ip, opts.site_tag, method, uri, protocol, user_agent)
+    server_name = opts.server_name
+    st.ctx = LoggingContext(name, server_name=server_name, request=req)
+    st.server_name = server_name or _config.config.default_server_name
+    st.logger = lg
+
+
+_new_object = object.__new__
+
+
+def new_request_state(
+    opts: WebOptions,
+    lg: logging.Logger,
+    received: float,
+    name: str,
+    method: str,
+    path: str,
+    uri: str,
+    protocol: str,
+    ip: str,
+    user_agent: str,
+    scheme: str,
+    route: Any,
+    route_fn: Callable[[Any], str | None],
+) -> RequestState:
+    """A :class:`RequestState` from values the caller already resolved (id, client IP,
+    redacted ``uri``, access logger): the aiohttp middleware's positional fast path."""
+    st: RequestState = _new_object(RequestState)
+    _setup(st, opts, lg, received, name, method, path, uri, protocol, ip, user_agent, scheme)
+    st._route = route
+    st._route_fn = route_fn
+    return st
 
 
 # -- tracing integration ---------------------------------------------------------------------
