@@ -1,4 +1,4 @@
-"""The ``sampled`` step mode leaves a young window open when a context exits (spec §2.4).
+"""Exits leave a young window open: the deferred close of the ledger (spec §2.4).
 
 An exit reads only the wall clock; the exited context's CPU stays pending on its
 thread until the window closes. These tests pin down who closes it: a read of
@@ -116,3 +116,23 @@ def test_settle_pending_is_a_no_op_without_shares(sampled: None) -> None:
     windows = _ledger.stats.windows
     _ledger.settle_pending()
     assert _ledger.stats.windows == windows
+
+
+def test_exact_mode_exit_defers_too_and_stays_exact() -> None:
+    """exact (scalar clock): an exit adds the exact CPU to the window; a read charges exactly it."""
+    now = [0]
+    logcontext.configure(clock="cpu", step_mode="exact")
+    _ledger.set_sample_window(10_000)
+    try:
+        with _ledger.use_scalar_clock(lambda: now[0]):
+            with LoggingContext("warm"):
+                pass
+            _ledger.settle_pending()
+            with LoggingContext("a") as a:
+                now[0] += 5_000_000
+            assert a in _ledger.get_ledger().pend
+            assert a._u is None
+            assert a.get_resource_usage().ru_utime == pytest.approx(0.005)
+            assert a._u is not None and a._u.ru_utime == pytest.approx(0.005)
+    finally:
+        _ledger.set_sample_window(1.0)

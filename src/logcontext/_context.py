@@ -366,7 +366,24 @@ class LoggingContext:
                     led = _ledger.get_ledger()
                 old = led.charged
                 if old is not self:
-                    if led.fast == 2 and led.flags_gen == _clock._generation:
+                    fast = led.fast
+                    if fast == 1 and led.flags_gen == _clock._generation:
+                        # _ledger.switch's scalar-clock branch, inlined (keep them in step)
+                        now = led.clk()
+                        d = now - led.last_u
+                        led.last_u = now
+                        led.charged = self
+                        if d < 0:
+                            d = _ledger._regression(d, 0)[0]
+                        if old is SENTINEL_CONTEXT:
+                            led.unattributed_ns += d
+                        else:
+                            led.pend[old] += d
+                            if old.finished:
+                                led.lat.add(old)
+                        if now >= led.wdl:
+                            _ledger.close_window(led, now)
+                    elif fast == 2 and led.flags_gen == _clock._generation:
                         # _ledger.switch's ``sampled`` branch, inlined (keep them in step)
                         now = led.wall()
                         led.charged = self
@@ -426,7 +443,11 @@ class LoggingContext:
                     led = _ledger._local.ledger
                 except AttributeError:
                     led = _ledger.get_ledger()
-                if led.charged is self and led.fast == 2 and led.flags_gen == _clock._generation:
+                fast = led.fast
+                if led.charged is not self or led.flags_gen != _clock._generation:
+                    if led.charged is not restored:
+                        _ledger.switch(led, restored)
+                elif fast == 2:
                     # _ledger.switch's ``sampled`` branch, inlined: the usual exit
                     now = led.wall()
                     led.charged = restored
@@ -435,6 +456,17 @@ class LoggingContext:
                     led.wlast = now
                     if now >= led.wdl:
                         _ledger.close_window(led, now, self, d)
+                elif fast == 1:
+                    # the scalar-clock branch: the CPU since the last switch is exact
+                    now = led.clk()
+                    d = now - led.last_u
+                    led.last_u = now
+                    led.charged = restored
+                    if d < 0:
+                        d = _ledger._regression(d, 0)[0]
+                    led.pend[self] += d
+                    if now >= led.wdl:
+                        _ledger.close_window(led, now)
                 elif led.charged is not restored:
                     _ledger.switch(led, restored)
             if _trace_on:

@@ -345,26 +345,11 @@ def switch(led: Ledger, new: Any) -> None:
             if now >= led.wdl:
                 close_window(led, now)
             return
-        pend = led.pend
-        if old._token is None and not old.finished and now < led.wdl:
-            # An exit: only the exiting context's figures must be final. Charge its own
-            # pending CPU directly unless a descendant's is pending too; others keep waiting.
-            if pend:
-                d += pend.pop(old, 0)
-                for c in pend:
-                    if old in c._ancestors:
-                        pend[old] += d
-                        close_window(led, now)
-                        return
-            led.attributed_ns += d
-            old._charge_ns(d, 0)
-            return
-        pend[old] += d
+        led.pend[old] += d
         if old.finished:
             led.lat.add(old)
-        # A switch away from a context that is no longer entered anywhere is
-        # (nearly always) its exit: close so its figures are final.
-        if old._token is None or now >= led.wdl:
+        # An exit does not close a young window either (see the ``sampled`` branch).
+        if now >= led.wdl:
             close_window(led, now)
         return
     if fast == 2:
