@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 import logcontext
-from logcontext import LoggingContext, _ledger, aio
+from logcontext import LoggingContext, _ledger, _usage, aio
 
 
 @pytest.fixture
@@ -134,5 +134,13 @@ def test_exact_mode_exit_defers_too_and_stays_exact() -> None:
             assert a._u is None
             assert a.get_resource_usage().ru_utime == pytest.approx(0.005)
             assert a._u is not None and a._u.ru_utime == pytest.approx(0.005)
+            assert {f: getattr(a._u, f) for f in _usage._FIELDS} == {
+                "ru_utime": pytest.approx(0.005),
+                "ru_stime": 0.0,
+                "db_txn_count": 0,
+                "db_txn_duration_sec": 0.0,
+                "db_sched_duration_sec": 0.0,
+                "evt_db_fetch_count": 0,
+            }  # the first charge builds the whole usage
     finally:
         _ledger.set_sample_window(1.0)

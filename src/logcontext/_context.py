@@ -36,6 +36,7 @@ _var_set: Final = _current.set
 _var_reset: Final = _current.reset
 
 _new_usage: Final = object.__new__
+_local: Final = _ledger._local  # the per-thread ledger slot (read on the hot path)
 
 #: One process-wide lock guards every addition to a context and its ancestors.
 _usage_lock = threading.Lock()
@@ -361,7 +362,7 @@ class LoggingContext:
             if _clock._metering:
                 # _ledger.checkpoint(self), inlined: one call less on the hot path
                 try:
-                    led = _ledger._local.ledger
+                    led = _local.ledger
                 except AttributeError:
                     led = _ledger.get_ledger()
                 old = led.charged
@@ -440,7 +441,7 @@ class LoggingContext:
             if _clock._metering:
                 restored = _var_get()
                 try:
-                    led = _ledger._local.ledger
+                    led = _local.ledger
                 except AttributeError:
                     led = _ledger.get_ledger()
                 fast = led.fast

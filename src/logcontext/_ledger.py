@@ -552,6 +552,7 @@ def close_window(led: Ledger, now: int, last: Any = None, d_last: int = 0) -> li
 
 
 _ctxmod: Any = None
+_new_obj = object.__new__
 
 
 def _charge_items(
@@ -571,21 +572,33 @@ def _charge_items(
 
         _ctxmod = _context
     late: list[tuple[Any, list[Any], int, int]] | None = None
+    new_usage = _ctxmod.ContextResourceUsage
+    st = 0.0
     with _ctxmod._usage_lock:
         for ctx, du, ds in items:
             ut = du * 1e-9
-            st = ds * 1e-9
+            if ds:
+                st = ds * 1e-9
             u = ctx._u
             if u is None:
-                u = ctx._u = _ctxmod.ContextResourceUsage()
-            u.ru_utime += ut
-            if ds:
-                u.ru_stime += st
-            fin = [ctx] if ctx.finished and ctx in lat else None
+                # A context's first charge (usually a with-block's only one): build its
+                # usage in place, cheaper than ContextResourceUsage() (same fields).
+                u = ctx._u = _new_obj(new_usage)
+                u.ru_utime = ut
+                u.ru_stime = st if ds else 0.0
+                u.db_txn_count = 0
+                u.db_txn_duration_sec = 0.0
+                u.db_sched_duration_sec = 0.0
+                u.evt_db_fetch_count = 0
+            else:
+                u.ru_utime += ut
+                if ds:
+                    u.ru_stime += st
+            fin = [ctx] if lat and ctx in lat and ctx.finished else None
             for c in ctx._ancestors:
                 u = c._u
                 if u is None:
-                    u = c._u = _ctxmod.ContextResourceUsage()
+                    u = c._u = new_usage()
                 u.ru_utime += ut
                 if ds:
                     u.ru_stime += st
