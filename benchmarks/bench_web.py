@@ -1,9 +1,12 @@
 """Web, logging and metrics costs, side by side in one process (issue 5; spec §11 P11–P13, P16).
 
 Suite "web": requests/s of an aiohttp hello-world with and without ``logcontext_middleware``
-(clock ``cpu``, step mode ``exact`` unless stated, tracing off). The servers run in background threads of this process, each on
-its own loop (``aio.loop_factory()`` where "metered"); the load comes from a keep-alive
-raw-socket client in the main thread over loopback sending 16 pipelined requests at a time.
+(clock ``cpu`` and the library's default step mode ``sampled`` unless stated, tracing off). The
+servers run in background threads of this process, each on its own loop
+(``aio.loop_factory()`` where "metered"). The load comes from a **separate client process**
+over loopback: one keep-alive raw-socket connection per candidate, 16 pipelined requests per
+round trip, so the client neither shares the GIL with the servers nor costs them anything,
+and it is the same client for both arms of every ratio (its own CPU per request is printed).
 Metrics are installed once and switched on only around the candidates that say so.
 
 Every target (bound 1.05, issue 5) is checked twice: on time per request (requests/s, noisy
@@ -13,7 +16,8 @@ the server thread around each sample; the client's cost is excluded):
 - W1  middleware only: the same metered app with / without the middleware;
 - W1m the same with metrics installed (as a deployment would run it);
 - W1b metering + middleware against a plain loop without either;
-- W1d clock ``off``; W1e step mode ``sampled``.
+- W1d clock ``off``; W1x step mode ``exact`` (W1's definition before the default became
+  ``sampled``).
 
 The notes give requests/s, CPU per request (median, min), ratios of minima, and the CPU each
 layer adds (pass-through middleware, context, our bookkeeping, metrics, access line).
@@ -23,8 +27,9 @@ sockets, no client): steadier per-layer differences, clocks ``cpu`` and ``off``.
 
 Suites "logging" (P11, P12, P13) and "metrics" (P16) are micro-ratios.
 
-    python benchmarks/bench_web.py            # full run (~1-2 min)
-    python benchmarks/bench_web.py --quick    # smoke run
+    python benchmarks/bench_web.py                # full run (~1-2 min)
+    python benchmarks/bench_web.py --quick        # smoke run
+    python benchmarks/bench_web.py --only web     # the web suites only
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import asyncio
 import logging
 import socket
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -187,34 +193,107 @@ class Client:
         self.buf = buf[pos:]
 
 
+class LoadProcess:
+    """The load generator in a child process (``Client`` connections, driven over a pipe).
+
+    ``connect(port)`` opens (and warms) one keep-alive connection and returns its handle;
+    ``run(handle, n)`` sends ``n`` requests on it, ``DEPTH`` at a time, and returns the
+    client's wall seconds and its own CPU seconds for them. While it runs, this process only
+    waits on the pipe, so the server threads have the interpreter to themselves.
+    """
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--load-worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
+
+    def _ask(self, line: str) -> list[str]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        reply = self.proc.stdout.readline().split()
+        if not reply or reply[0] != "ok":
+            raise RuntimeError(f"load worker failed on {line!r}: {reply!r}")
+        return reply[1:]
+
+    def connect(self, port: int) -> int:
+        return int(self._ask(f"connect {port}")[0])
+
+    def run(self, handle: int, n: int) -> tuple[float, float]:
+        wall, cpu = self._ask(f"run {handle} {n}")
+        return float(wall), float(cpu)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            self.proc.wait(10)
+
+
+def load_worker() -> int:
+    """The child side of :class:`LoadProcess`: one command per stdin line, one reply line."""
+    conns: list[Client] = []
+    for line in sys.stdin:
+        cmd, *a = line.split()
+        try:
+            if cmd == "connect":
+                c = Client(int(a[0]))
+                c.get(DEPTH)
+                conns.append(c)
+                print("ok", len(conns) - 1, flush=True)
+            elif cmd == "run":
+                get = conns[int(a[0])].get
+                batches, rest = divmod(int(a[1]), DEPTH)
+                cpu0 = time.process_time()
+                t = pc()
+                for _ in range(batches):
+                    get(DEPTH)
+                if rest:
+                    get(rest)
+                dt = pc() - t
+                print("ok", repr(dt), repr(time.process_time() - cpu0), flush=True)
+            else:
+                print("error unknown-command", flush=True)
+        except Exception as e:
+            print("error", type(e).__name__, flush=True)
+    return 0
+
+
 class Candidate:
     """One configuration: a server plus clock/step mode and whether metrics are on.
 
-    ``fn(n)`` sends ``n`` requests and returns the wall time; it also records the server
-    thread's CPU per request of that sample (``thread_time`` read inside the server thread
-    before and after, so the client's cost is excluded).
+    ``fn(n)`` has the load process send ``n`` requests on this candidate's own connection and
+    returns the client's wall time; it also records the server thread's CPU per request of
+    that sample (``thread_time`` read inside the server thread before and after) and the
+    client's CPU per request.
     """
 
     def __init__(
         self,
         server: Server,
+        load: LoadProcess,
         *,
         clock: str = "cpu",
-        step_mode: str = "exact",
+        step_mode: str = "sampled",
         metrics: Any = None,
     ) -> None:
         self.server = server
+        self.load = load
         self.clock = clock
         self.step_mode = step_mode
         self.metrics = metrics
         self.cpu: list[float] = []  # server CPU seconds per request, one per sample
-        self.client = Client(server.port)
-        self.client.get(DEPTH)  # warm the connection
+        self.client_cpu: list[float] = []  # client process CPU seconds per request
+        self.conn = load.connect(server.port)
 
     def __call__(self, n: int) -> float:
         from logcontext import _bgmetrics
 
-        # Modes are set for every sample (the library default step mode may differ).
+        # Modes are set for every sample (candidates differ).
         logcontext.configure(clock=self.clock, step_mode=self.step_mode)  # type: ignore[arg-type]
         _bgmetrics.active = self.metrics
         try:
@@ -226,15 +305,9 @@ class Candidate:
     def _run(self, n: int) -> float:
         server = self.server
         cpu0 = server.thread_cpu()
-        get = self.client.get
-        batches, rest = divmod(n, DEPTH)
-        t = pc()
-        for _ in range(batches):
-            get(DEPTH)
-        if rest:
-            get(rest)
-        dt = pc() - t
+        dt, client_cpu = self.load.run(self.conn, n)
         self.cpu.append((server.thread_cpu() - cpu0) / n)
+        self.client_cpu.append(client_cpu / n)
         return dt
 
 
@@ -248,8 +321,8 @@ MWM = "metered loop + middleware + metrics"
 MWL = "metered loop + middleware + metrics + access log"
 NONE_OFF = "metered loop, no middleware [clock off]"
 MW_OFF = "metered loop + middleware [clock off]"
-NONE_S = "metered loop, no middleware [cpu, sampled]"
-MW_S = "metered loop + middleware [cpu, sampled]"
+NONE_X = "metered loop, no middleware [cpu, exact]"
+MW_X = "metered loop + middleware [cpu, exact]"
 
 # (id, with, without, description): each is checked on time per request (requests/s) and
 # on server-thread CPU per request, bound 1.05 (issue 5's target).
@@ -258,7 +331,7 @@ RATIOS = (
     ("W1m", MWM, NONE, "middleware with metrics installed / none, metered loop"),
     ("W1b", MW, PLAIN, "metering + middleware / plain loop without either"),
     ("W1d", MW_OFF, NONE_OFF, "middleware / none, clock off (no CPU accounting)"),
-    ("W1e", MW_S, NONE_S, "middleware / none, cpu clock with step mode sampled"),
+    ("W1x", MW_X, NONE_X, "middleware / none, cpu clock with step mode exact"),
 )
 
 
@@ -285,18 +358,19 @@ def web_suite(args: Any) -> bool:
         "mw": Server("mw", middleware=True, metered=True),
         "mwlog": Server("mwlog", middleware=True, metered=True, log=True),
     }
+    load = LoadProcess()
     cands = {
-        PLAIN: Candidate(servers["plain"]),
-        NONE: Candidate(servers["metered"]),
-        PASS: Candidate(servers["pass"]),
-        CTX: Candidate(servers["ctx"]),
-        MW: Candidate(servers["mw"]),
-        MWM: Candidate(servers["mw"], metrics=metrics),
-        MWL: Candidate(servers["mwlog"], metrics=metrics),
-        NONE_OFF: Candidate(servers["metered"], clock="off"),
-        MW_OFF: Candidate(servers["mw"], clock="off"),
-        NONE_S: Candidate(servers["metered"], step_mode="sampled"),
-        MW_S: Candidate(servers["mw"], step_mode="sampled"),
+        PLAIN: Candidate(servers["plain"], load),
+        NONE: Candidate(servers["metered"], load),
+        PASS: Candidate(servers["pass"], load),
+        CTX: Candidate(servers["ctx"], load),
+        MW: Candidate(servers["mw"], load),
+        MWM: Candidate(servers["mw"], load, metrics=metrics),
+        MWL: Candidate(servers["mwlog"], load, metrics=metrics),
+        NONE_OFF: Candidate(servers["metered"], load, clock="off"),
+        MW_OFF: Candidate(servers["mw"], load, clock="off"),
+        NONE_X: Candidate(servers["metered"], load, step_mode="exact"),
+        MW_X: Candidate(servers["mw"], load, step_mode="exact"),
     }
     try:
         for name, c in cands.items():
@@ -309,6 +383,7 @@ def web_suite(args: Any) -> bool:
             warmup = 1 if args.quick else 3
             for c in cands.values():
                 c.cpu = c.cpu[-(rounds + warmup) :][warmup:]
+                c.client_cpu = c.client_cpu[-(rounds + warmup) :][warmup:]
             cpu_med = {n: statistics.median(c.cpu) for n, c in cands.items()}
             cpu_min = {n: min(c.cpu) for n, c in cands.items()}
             for ident, a, b, desc in RATIOS:
@@ -323,7 +398,8 @@ def web_suite(args: Any) -> bool:
             for name in suite.results:
                 suite.note(
                     f"{name}: {1 / m(name):,.0f} requests/s (best {1 / mins[name]:,.0f}); server CPU "
-                    f"per request median {cpu_med[name] * 1e6:.1f}us, min {cpu_min[name] * 1e6:.1f}us"
+                    f"per request median {cpu_med[name] * 1e6:.1f}us, min {cpu_min[name] * 1e6:.1f}us; "
+                    f"client CPU per request {statistics.median(cands[name].client_cpu) * 1e6:.1f}us"
                 )
             suite.note(
                 "ratios of minima (robust to interference): "
@@ -344,6 +420,7 @@ def web_suite(args: Any) -> bool:
         logcontext.configure(clock="cpu", step_mode=saved_step)
         _bgmetrics.active = metrics
         uninstall_metrics()
+        load.close()
         for srv in servers.values():
             srv.stop()
 
@@ -450,8 +527,8 @@ def layers_suite(args: Any) -> bool:
             proto.data_received(REQUEST * DEPTH)
             await t.done.wait()
 
-    async def main(clock: str) -> dict[str, list[float]]:
-        logcontext.configure(clock=clock, step_mode="exact")  # type: ignore[arg-type]
+    async def main(clock: str, step_mode: str) -> dict[str, list[float]]:
+        logcontext.configure(clock=clock, step_mode=step_mode)  # type: ignore[arg-type]
         servers = [(name, await make(mws), m) for name, mws, m in layers]
         cpu: dict[str, list[float]] = {name: [] for name, _, _ in layers}
         for _, (proto, t), m in servers:
@@ -473,10 +550,10 @@ def layers_suite(args: Any) -> bool:
     print(f"\n== suite web-layers ({'quick' if args.quick else 'full'}; {rounds} rounds x {n} requests) ==")
     print("CPU per request, one thread, fake transport; layer = paired median difference to the row above")
     try:
-        for clock in ("cpu", "off"):
+        for clock, step_mode in (("cpu", "sampled"), ("cpu", "exact"), ("off", "sampled")):
             with asyncio.Runner(loop_factory=aio.loop_factory()) as r:
-                cpu = r.run(main(clock))
-            print(f"clock {clock}:")
+                cpu = r.run(main(clock, step_mode))
+            print(f"clock {clock}, step mode {step_mode}:")
             prev: str | None = None
             for name, _, _ in layers:
                 v = cpu[name]
@@ -674,6 +751,8 @@ def metrics_suite(args: Any) -> bool:
 
 
 def main() -> int:
+    if sys.argv[1:] == ["--load-worker"]:
+        return load_worker()
     args = parse_args(__doc__.splitlines()[0])
     ok = web_suite(args)
     if not args.only or args.only in "web-layers":

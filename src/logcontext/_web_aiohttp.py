@@ -9,7 +9,10 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from aiohttp import HttpVersion10, HttpVersion11, web
+from aiohttp import HttpVersion, HttpVersion10, HttpVersion11, web
+from multidict import istr
+
+from logcontext import ContextRequest, LoggingContext
 
 from . import _bgmetrics
 from ._access import access_logger
@@ -21,7 +24,6 @@ from ._web_common import (
     TraceOrigin,
     WebOptions,
     _counter,
-    new_request_state,
     response_trace_headers,
     start_server_span,
 )
@@ -33,7 +35,9 @@ _TRACING_MODULE = "logcontext.tracing"
 _monotonic = time.monotonic
 _modules = sys.modules
 _DEBUG = logging.DEBUG
+_INFO = logging.INFO
 _MISSING: Any = object()
+_new_object = object.__new__
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -49,7 +53,8 @@ def _route_name(request: web.Request) -> str | None:
     return None
 
 
-_PROTOCOLS = {HttpVersion10: "HTTP/1.0", HttpVersion11: "HTTP/1.1"}
+def _protocol(version: HttpVersion) -> str:
+    return "HTTP/1.0" if version == HttpVersion10 else f"HTTP/{version.major}.{version.minor}"
 
 
 def _error_response(exc: web.HTTPException) -> web.Response:
@@ -91,7 +96,8 @@ def logcontext_middleware(
     )
 
     # Everything that is the same for every request, resolved once.
-    id_header = opts.request_id_header
+    id_header = istr(opts.request_id_header)  # case-folded once, not per response
+    server_name = opts.server_name
     echo = opts.echo_request_id
     trust = opts.trust_request_id
     proxies = opts.trusted_proxies
@@ -117,21 +123,30 @@ def logcontext_middleware(
         version = request.version
         scheme = request.scheme
         lg = loggers.get(scheme) or access_logger(scheme, site_tag)
-        st = new_request_state(
-            opts,
-            lg,
-            received,
-            f"{method}-{rid}",
-            method,
-            raw if q < 0 else raw[:q],
-            raw if q < 0 else redact_uri(raw, redact),
-            _PROTOCOLS.get(version) or f"HTTP/{version.major}.{version.minor}",
+        name = f"{method}-{rid}"
+        # RequestState's per-request fields, written inline (keep in step with _setup).
+        st: RequestState = _new_object(RequestState)
+        st.received = received
+        st.opts = opts
+        st.method = method
+        if q < 0:
+            st.path = uri = raw
+        else:
+            st.path = raw[:q]
+            uri = redact_uri(raw, redact)
+        st.request = req = ContextRequest(
+            name,
             ip,
+            site_tag,
+            method,
+            uri,
+            "HTTP/1.1" if version == HttpVersion11 else _protocol(version),
             headers.get("User-Agent") or "-",
-            scheme,
-            request,
-            route_name,
         )
+        st.ctx = ctx = LoggingContext(name, server_name=server_name, request=req)
+        st.logger = lg
+        st._route = request
+        st._route_fn = route_name
         if echo_id is not None:
             st.echo_id = echo_id
         writer = request.writer
@@ -141,7 +156,6 @@ def logcontext_middleware(
             # Streamed bodies are counted as written; a bound method unless chaining.
             writer.on_body_write = st.count_body if previous is None else _chain(st, previous)
 
-        ctx = st.ctx
         try:
             with ctx:
                 token = _CURRENT.set(st)
@@ -206,7 +220,9 @@ def logcontext_middleware(
                     return resp
                 finally:
                     try:
-                        st.finish(metrics=False)
+                        # INFO disabled implies DEBUG disabled: no line at either level.
+                        if st.traced or _bgmetrics.active is not None or lg.isEnabledFor(_INFO):
+                            st.finish(metrics=False)
                     finally:
                         if scope_cm is not None:
                             scope_cm.__exit__(None, None, None)

@@ -24,7 +24,6 @@ __all__ = [
     "RequestState",
     "WebOptions",
     "current_request_state",
-    "new_request_state",
     "next_request_id",
 ]
 
@@ -170,20 +169,17 @@ class RequestState:
     """One request's bookkeeping: timings, status, bytes, servlet, metrics.
 
     The fields that start the same for every request are class-level defaults (no slots), so
-    building a state writes only the per-request ones; :func:`new_request_state` is the
-    positional fast path the aiohttp middleware uses.
+    building a state writes only the per-request ones (the aiohttp middleware writes them
+    inline, in step with ``_setup``).
     """
 
     # Per-request values (written by every constructor).
-    received: float
-    received_ts: float
+    received: float  # monotonic; the wall-clock arrival is derived when a line needs it
     opts: WebOptions
     method: str
     path: str
-    scheme: str
     request: ContextRequest
     ctx: LoggingContext
-    server_name: str
     logger: logging.Logger
     # Shared defaults until an event changes them.
     echo_id: str | None = None
@@ -238,7 +234,6 @@ class RequestState:
             protocol,
             ip,
             headers_get("User-Agent") or "-",
-            scheme,
         )
         if route_fn is not None:
             self._route = route
@@ -264,6 +259,16 @@ class RequestState:
             if r:
                 return r
         return "unrouted"
+
+    @property
+    def server_name(self) -> str:
+        """The ``server_name`` option, else the configured default."""
+        return self.opts.server_name or _config.config.default_server_name
+
+    @property
+    def received_ts(self) -> float:
+        """Wall-clock arrival time (derived from the monotonic one, so durations agree)."""
+        return _time() - (_monotonic() - self.received)
 
     @property
     def status_code(self) -> str:
@@ -406,7 +411,7 @@ class RequestState:
         completed = self.completed and not cancelled
         proc = handler_finished - received
         send = end - handler_finished
-        ts = self.received_ts
+        ts = _time() - (_monotonic() - received)
         line, access = access_values(
             ip=req.ip_address,
             site_tag=req.site_tag,
@@ -444,47 +449,15 @@ def _setup(
     protocol: str,
     ip: str,
     user_agent: str,
-    scheme: str,
 ) -> None:
     """Write the per-request fields of ``st`` (``uri`` already redacted)."""
     st.received = received
-    st.received_ts = _time()
     st.opts = opts
     st.method = method
     st.path = path
-    st.scheme = scheme
     st.request = req = ContextRequest(name, ip, opts.site_tag, method, uri, protocol, user_agent)
-    server_name = opts.server_name
-    st.ctx = LoggingContext(name, server_name=server_name, request=req)
-    st.server_name = server_name or _config.config.default_server_name
+    st.ctx = LoggingContext(name, server_name=opts.server_name, request=req)
     st.logger = lg
-
-
-_new_object = object.__new__
-
-
-def new_request_state(
-    opts: WebOptions,
-    lg: logging.Logger,
-    received: float,
-    name: str,
-    method: str,
-    path: str,
-    uri: str,
-    protocol: str,
-    ip: str,
-    user_agent: str,
-    scheme: str,
-    route: Any,
-    route_fn: Callable[[Any], str | None],
-) -> RequestState:
-    """A :class:`RequestState` from values the caller already resolved (id, client IP,
-    redacted ``uri``, access logger): the aiohttp middleware's positional fast path."""
-    st: RequestState = _new_object(RequestState)
-    _setup(st, opts, lg, received, name, method, path, uri, protocol, ip, user_agent, scheme)
-    st._route = route
-    st._route_fn = route_fn
-    return st
 
 
 # -- tracing integration ---------------------------------------------------------------------
