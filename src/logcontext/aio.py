@@ -119,8 +119,7 @@ class MeteredCoroutine(Coroutine[Any, Any, T]):
                         led.pend[old] += d
                         if old.finished:
                             led.lat.add(old)
-                        led.wlast = now
-                        led.charged = _SENTINEL
+                        led.charged = _SENTINEL  # ``wlast`` is read only while a context is charged
                         if now >= led.wdl:
                             _close_window(led, now, old, d)
                     elif fast == 1:
