@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Mapping, Sequence
+from contextvars import Token
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import baggage, context, propagate, trace
@@ -24,7 +25,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace import SpanContext as OtelSpanContext
 
-from ._base import AttributeValue, Backend, BackendSpan, SpanContext
+from ._base import ACTIVATE_FAILED, AttributeValue, Backend, BackendSpan, SpanContext
 
 if TYPE_CHECKING:
     from ._sampler import ForceTracingSampler
@@ -53,6 +54,14 @@ def __getattr__(name: str) -> Any:
 #: Per native span type: may usage attributes go straight into the SDK span's attribute dict?
 _direct_ok: dict[type, bool] = {}
 _bounded_type: Any = None
+#: The last span type found direct-capable (one identity test on the hot path).
+_direct_type: Any = None
+
+
+def _forget_direct(tp: type) -> None:
+    global _direct_type
+    if _direct_type is tp:
+        _direct_type = None
 
 
 def _probe_direct(tp: type) -> bool:
@@ -64,7 +73,7 @@ def _probe_direct(tp: type) -> bool:
     usage attributes are valid by construction, so storing them directly is equivalent; any
     deviation (another SDK layout, a subclass overriding the setters) keeps the public call.
     """
-    global _bounded_type
+    global _bounded_type, _direct_type
     try:
         from opentelemetry.attributes import BoundedAttributes
         from opentelemetry.sdk.trace import Span as SdkSpan
@@ -92,6 +101,7 @@ def _probe_direct(tp: type) -> bool:
     ):
         return False
     _bounded_type = BoundedAttributes
+    _direct_type = tp
     return True
 
 
@@ -128,9 +138,12 @@ class OtelSpan(BackendSpan):
     def set_usage(self, attributes: dict[str, AttributeValue]) -> None:
         raw = self.raw
         tp = type(raw)
-        direct = _direct_ok.get(tp)
-        if direct is None:
-            direct = _direct_ok[tp] = _probe_direct(tp)
+        if tp is _direct_type:
+            direct = True
+        else:
+            direct = _direct_ok.get(tp)  # type: ignore[assignment]
+            if direct is None:
+                direct = _direct_ok[tp] = _probe_direct(tp)
         if direct:
             # SDK span: the values are valid by construction, skip the per-value validation
             # (several us for nine attributes) when no limit could apply.
@@ -148,6 +161,7 @@ class OtelSpan(BackendSpan):
                             return
             except AttributeError:
                 _direct_ok[tp] = False
+                _forget_direct(tp)
         if raw.is_recording():
             raw.set_attributes(attributes)
 
@@ -163,6 +177,22 @@ class OtelSpan(BackendSpan):
 
     def _end(self) -> None:
         self.raw.end()
+
+
+_cv_runtime: bool | None = None
+
+
+def _contextvars_runtime() -> bool:
+    """True if OTel keeps its ``Context`` in a plain ``ContextVar`` (its default runtime)."""
+    global _cv_runtime
+    if _cv_runtime is None:
+        try:
+            from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+
+            _cv_runtime = type(getattr(context, "_RUNTIME_CONTEXT", None)) is ContextVarsRuntimeContext
+        except ImportError:
+            _cv_runtime = False
+    return _cv_runtime
 
 
 def _to_otel_context(parent: SpanContext) -> context.Context:
@@ -275,11 +305,36 @@ class OtelBackend(Backend):
         )
         return OtelSpan(raw, ctx if ctx is not None else context.get_current())
 
+    def start_active(
+        self, name: str, attributes: Mapping[str, AttributeValue] | None, kind: str
+    ) -> tuple[BackendSpan, object]:
+        # One read of the current Context serves the SDK (parent, sampler, processors), the
+        # activation and the forced-tracing lookup; passing it equals passing None.
+        cur = context.get_current()
+        raw = self.tracer.start_span(
+            name,
+            cur,
+            _KINDS[kind],
+            attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        )
+        span = OtelSpan(raw, cur)
+        try:
+            return span, context.attach(trace.set_span_in_context(raw, cur))
+        except Exception:
+            return span, ACTIVATE_FAILED
+
     def activate(self, span: BackendSpan) -> object:
         return context.attach(trace.set_span_in_context(span.raw))
 
     def deactivate(self, token: object) -> None:
-        context.detach(token)  # type: ignore[arg-type]
+        if type(token) is Token and _contextvars_runtime():
+            # OTel's contextvars runtime: ``detach`` is this reset behind two calls and a
+            # handler for a foreign Context, which our scope marker has already ruled out.
+            token.var.reset(token)
+        else:
+            context.detach(token)  # type: ignore[arg-type]
 
     def current_raw(self) -> Any:
         raw = trace.get_current_span()

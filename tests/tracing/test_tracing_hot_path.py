@@ -1,0 +1,79 @@
+"""The per-span hot paths: the null manager, ``start_span``'s options, the one-call start+activate."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+from _tracing_harness import Harness
+from opentelemetry import context as otel_context
+from opentelemetry import trace as otel_trace
+
+import logcontext.tracing as lt
+from logcontext import LoggingContext, current_context
+from logcontext.tracing import _api
+
+
+def test_null_manager_yields_null_span_and_lets_exceptions_through() -> None:
+    """Tracing off, ``with start_span`` gives the null span and never swallows an exception."""
+    with lt.start_span("x") as span:
+        assert span is lt.NULL_SPAN
+    with pytest.raises(KeyError), lt.start_span("x"):
+        raise KeyError("k")
+    assert not _api.NULL_SCOPE.__exit__(KeyError, KeyError("k"), None)
+
+
+async def test_null_manager_async_with() -> None:
+    """Tracing off, ``async with start_span`` also yields the null span."""
+    async with lt.start_span("x") as span:
+        assert span is lt.NULL_SPAN
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_unknown_option_is_a_type_error(enabled: bool, make_harness: Any) -> None:
+    """An unknown keyword is rejected with a TypeError naming it, whether tracing is on or off."""
+    if enabled:
+        make_harness("otel")
+    with pytest.raises(TypeError, match="'kinds'"):
+        lt.start_span("x", kinds="server")  # type: ignore[call-arg]
+
+
+def test_options_reach_the_span(otel: Harness) -> None:
+    """Options given as keywords (kind, attributes, record_usage) still apply."""
+    with LoggingContext("req"), lt.start_span("x", kind="server", attributes={"a": 1}, record_usage=False):
+        assert str(current_context()) == "req"
+    (span,) = otel.exporter.get_finished_spans()
+    assert span.kind is otel_trace.SpanKind.SERVER
+    assert dict(span.attributes or {}) == {"a": 1}
+
+
+def test_one_call_start_parents_on_the_active_span(otel: Harness) -> None:
+    """The common case starts a child of the active span, makes it active, and restores on exit."""
+    with lt.start_span("outer") as outer:
+        with lt.start_span("inner") as inner:
+            assert otel_trace.get_current_span() is inner.raw
+        assert otel_trace.get_current_span() is outer.raw
+    assert otel_trace.get_current_span() is otel_trace.INVALID_SPAN
+    spans = {s.name: s for s in otel.exporter.get_finished_spans()}
+    assert spans["inner"].parent is not None
+    assert spans["inner"].parent.span_id == spans["outer"].context.span_id
+
+
+def test_activation_failure_still_ends_the_span(
+    otel: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """If only the activation fails, the block runs, the span is ended once and it is logged once."""
+
+    def broken(ctx: Any) -> Any:
+        raise RuntimeError("attach failed")
+
+    monkeypatch.setattr(otel_context, "attach", broken)
+    with caplog.at_level(logging.WARNING, logger="logcontext.tracing"):
+        for _ in range(2):
+            with LoggingContext("req"), lt.start_span("x") as span:
+                assert span.is_recording()
+    assert [s.name for s in otel.exporter.get_finished_spans()] == ["x", "x"]
+    assert [r.getMessage() for r in caplog.records].count(
+        "tracing backend failed in activate; continuing untraced"
+    ) == 1
