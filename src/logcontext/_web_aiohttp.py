@@ -38,6 +38,8 @@ _DEBUG = logging.DEBUG
 _INFO = logging.INFO
 _MISSING: Any = object()
 _new_object = object.__new__
+_UA = istr("User-Agent")
+_XFF = istr("X-Forwarded-For")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -117,7 +119,7 @@ def logcontext_middleware(
         else:
             rid = str(next(_counter))
         peer = request.remote
-        ip = opts.client_ip(peer, headers.get("X-Forwarded-For")) if proxies else peer or "-"
+        ip = opts.client_ip(peer, headers.get(_XFF)) if proxies else peer or "-"
         raw = request.raw_path
         q = raw.find("?")
         version = request.version
@@ -141,7 +143,7 @@ def logcontext_middleware(
             method,
             uri,
             "HTTP/1.1" if version == HttpVersion11 else _protocol(version),
-            headers.get("User-Agent") or "-",
+            headers.get(_UA) or "-",
         )
         st.ctx = ctx = LoggingContext(name, server_name=server_name, request=req)
         st.logger = lg
