@@ -144,3 +144,32 @@ def test_exact_mode_exit_defers_too_and_stays_exact() -> None:
             }  # the first charge builds the whole usage
     finally:
         _ledger.set_sample_window(1.0)
+
+
+def test_a_dropped_context_is_not_given_a_usage_but_its_parent_is_charged(
+    sampled: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At a window close, an exited context nothing references gets no usage object of its
+    own (nobody can read it); its ancestors are charged in full; held contexts are charged."""
+    built: list[object] = []
+    real_new = _ledger._new_obj
+
+    def counting_new(cls: type) -> object:
+        obj = real_new(cls)
+        built.append(obj)
+        return obj
+
+    monkeypatch.setattr(_ledger, "_new_obj", counting_new)
+    parent = LoggingContext("parent")
+    for _ in range(20):
+        with LoggingContext("dropped", parent_context=parent):
+            _burn(0.0001)
+    held = []
+    for _ in range(5):
+        with LoggingContext("held") as ctx:
+            _burn(0.0001)
+        held.append(ctx)
+    _ledger.settle_pending()
+    assert len(built) == 5  # one per held context, none for the 20 dropped ones
+    assert all(c._u is not None and c._u.ru_utime > 0 for c in held)
+    assert parent.get_resource_usage().ru_utime >= 20 * 0.0001 * 0.9

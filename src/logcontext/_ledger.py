@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import threading
 import time
 import weakref
@@ -553,6 +554,29 @@ def close_window(led: Ledger, now: int, last: Any = None, d_last: int = 0) -> li
 
 _ctxmod: Any = None
 _new_obj = object.__new__
+_refcount = sys.getrefcount
+
+
+def _unreferenced_base() -> int:
+    """The reference count ``_charge_items`` sees for a context that nothing else holds.
+
+    Measured through the same shapes (window key, item tuple, loop variable) so the
+    figure follows the interpreter; a context with any other reference counts more.
+    """
+    obj = object()
+    window = {obj: 1}
+    items = [(obj, 1, 0)]
+    del obj
+    base = 1 << 30
+    for ctx, _, _ in items:
+        base = _refcount(ctx)
+    del window
+    return base
+
+
+#: ``_charge_items`` skips building the usage of a context at this count: no code can
+#: ever read it (its ancestors are still charged). Off where counts are not exact.
+_UNREFERENCED: int = _unreferenced_base() if sys.implementation.name == "cpython" else -1
 
 
 def _charge_items(
@@ -581,15 +605,21 @@ def _charge_items(
                 st = ds * 1e-9
             u = ctx._u
             if u is None:
-                # A context's first charge (usually a with-block's only one): build its
-                # usage in place, cheaper than ContextResourceUsage() (same fields).
-                u = ctx._u = _new_obj(new_usage)
-                u.ru_utime = ut
-                u.ru_stime = st if ds else 0.0
-                u.db_txn_count = 0
-                u.db_txn_duration_sec = 0.0
-                u.db_sched_duration_sec = 0.0
-                u.evt_db_fetch_count = 0
+                if window is not None and _refcount(ctx) <= _UNREFERENCED and not (lat and ctx in lat):
+                    # An exited context nobody holds (``with LoggingContext(...): ...`` whose
+                    # object was dropped): its own figures can never be read, so only the
+                    # ancestors get the CPU (the thread's attributed total has it too).
+                    pass
+                else:
+                    # A context's first charge (usually a with-block's only one): build its
+                    # usage in place, cheaper than ContextResourceUsage() (same fields).
+                    u = ctx._u = _new_obj(new_usage)
+                    u.ru_utime = ut
+                    u.ru_stime = st if ds else 0.0
+                    u.db_txn_count = 0
+                    u.db_txn_duration_sec = 0.0
+                    u.db_sched_duration_sec = 0.0
+                    u.evt_db_fetch_count = 0
             else:
                 u.ru_utime += ut
                 if ds:
