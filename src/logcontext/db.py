@@ -70,6 +70,10 @@ V = TypeVar("V")
 
 logger: Final = logging.getLogger("logcontext.db")
 _monotonic: Final = time.monotonic
+_copy_context: Final = contextvars.copy_context
+_get_running_loop: Final = asyncio.get_running_loop
+_current_context: Final = current_context
+_settle_pending: Final = _ledger.settle_pending
 
 
 class ConnectionLostError(Exception):
@@ -145,6 +149,8 @@ class _Job:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         parent: LoggingContextOrSentinel,
+        loop: asyncio.AbstractEventLoop | None = None,
+        waiter: asyncio.Future[Any] | None = None,
     ) -> None:
         self.desc = desc
         self.fn = fn
@@ -153,8 +159,8 @@ class _Job:
         self.parent = parent
         self.result: Any = None
         self.exc: BaseException | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.waiter: asyncio.Future[Any] | None = None
+        self.loop = loop
+        self.waiter = waiter
         self.cfuture: concurrent.futures.Future[Any] | None = None
         self.finished = False  # loop thread only
         self.on_finish: asyncio.Future[None] | None = None  # loop thread only
@@ -349,36 +355,35 @@ class DatabasePool:
         only once the transaction has finished and been recorded.
         """
         tracing = _tracing()
-        if tracing is None:
-            return await self._await_job(desc, fn, args, kwargs)  # type: ignore[no-any-return]
-        with tracing.start_span(
-            f"db.{desc}",
-            attributes={"db.system.name": self.engine.system_name, "logcontext.db.desc": desc},
-            record_usage=False,
-        ):
-            return await self._await_job(desc, fn, args, kwargs)  # type: ignore[no-any-return]
-
-    async def _await_job(
-        self, desc: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        loop = asyncio.get_running_loop()
-        job = _Job(desc, fn, args, kwargs, current_context())
-        job.loop = loop
-        job.waiter = waiter = loop.create_future()
+        if tracing is not None:
+            with tracing.start_span(
+                f"db.{desc}",
+                attributes={"db.system.name": self.engine.system_name, "logcontext.db.desc": desc},
+                record_usage=False,
+            ):
+                return await self._await_job(desc, fn, args, kwargs)  # type: ignore[no-any-return]
+        # The untraced path awaits the job's future here: no nested coroutine.
+        loop = _get_running_loop()
+        waiter: asyncio.Future[R] = loop.create_future()
+        job = _Job(desc, fn, args, kwargs, _current_context(), loop, waiter)
         self._submit(job)
         try:
             return await waiter
         except asyncio.CancelledError:
-            while not job.finished:
-                job.on_finish = loop.create_future()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await job.on_finish
-            if job.exc is not None and not isinstance(job.exc, asyncio.CancelledError):
-                logger.warning(
-                    "database interaction %r failed after its caller was cancelled",
-                    desc,
-                    exc_info=job.exc,
-                )
+            await _finish_cancelled(job, loop)
+            raise
+
+    async def _await_job(
+        self, desc: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        loop = _get_running_loop()
+        waiter: asyncio.Future[Any] = loop.create_future()
+        job = _Job(desc, fn, args, kwargs, _current_context(), loop, waiter)
+        self._submit(job)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            await _finish_cancelled(job, loop)
             raise
 
     def submit_interaction(
@@ -420,7 +425,7 @@ class DatabasePool:
                 "its time is not recorded",
                 site=f"db:{desc}",
             )
-        job.context = contextvars.copy_context()
+        job.context = _copy_context()
         job.t_submit = _monotonic()
         q = self._queue
         with self._lock:
@@ -445,8 +450,7 @@ class DatabasePool:
                 job = get()
                 if job is None:
                     break
-                assert job.context is not None
-                job.context.run(self._run_job, state, job)
+                job.context.run(self._run_job, state, job)  # type: ignore[union-attr]
                 del job
         finally:
             conn, state.conn = state.conn, None
@@ -463,14 +467,19 @@ class DatabasePool:
                 set_current_context(SENTINEL_CONTEXT)
                 child = LoggingContext(parent.name, parent_context=parent)
                 with child:
-                    job.result = self._transact_traced(state, job, child)
+                    if _tracing() is None:
+                        job.result = self._transact(state, job, child, None)
+                    else:
+                        job.result = self._transact_traced(state, job, child)
+            elif _tracing() is None:
+                job.result = self._transact(state, job, None, None)
             else:
                 job.result = self._transact_traced(state, job, None)
         except BaseException as e:
             job.exc = e
         # Charge the child's CPU before the caller can read its figures (the sampled
         # step mode leaves a young window open at the child's exit).
-        _ledger.settle_pending()
+        _settle_pending()
         with self._lock:
             self._idle += 1
         cf = job.cfuture
@@ -489,33 +498,37 @@ class DatabasePool:
     def _transact_traced(self, state: _WorkerState, job: _Job, owner: LoggingContext | None) -> Any:
         tracing = _tracing()
         if tracing is None:
-            return self._transact(state, job, None)
+            return self._transact(state, job, owner, None)
         attributes = {"db.system.name": self.engine.system_name, "logcontext.db.desc": job.desc}
         start_context_span = _context_span_starter(tracing)
         if start_context_span is None:  # older tracing module: a span with its own child
             with tracing.start_span("db.txn", attributes=attributes, kind="client") as span:
-                return self._transact(state, job, span)
+                ctx = current_context()
+                return self._transact(state, job, ctx if isinstance(ctx, LoggingContext) else None, span)
         # The child context owns the span: it ends, with the child's usage, when the child exits.
         with start_context_span(owner, "db.txn", attributes=attributes, kind="client") as span:
-            return self._transact(state, job, span)
+            return self._transact(state, job, owner, span)
 
-    def _transact(self, state: _WorkerState, job: _Job, span: Any) -> Any:
+    def _transact(self, state: _WorkerState, job: _Job, ctx: LoggingContext | None, span: Any) -> Any:
+        """Run the job's transaction, with retries, and record it into ``ctx``.
+
+        ``ctx`` (the worker's child context, else ``None``) gets the scheduling
+        and transaction time and one transaction in a single locked update.
+        """
         desc = job.desc
-        ctx = current_context()
         now = _monotonic()
         sched = now - job.t_submit
         if sched < 0.0:
             sched = 0.0
-        ctx.record_db_scheduled(sched)
         obs = _db_hooks.observer
         if obs is not None:
             _observe(obs.scheduled, self, sched)
         counter = self._txn_counters.get(desc)
         if counter is None:
             counter = self._txn_counters.setdefault(desc, itertools.count(1))
-        txn_id = f"{desc}-{next(counter)}"
+        txn_n: int = next(counter)
         if span is not None:
-            span.set_attribute("logcontext.db.txn_id", txn_id)
+            span.set_attribute("logcontext.db.txn_id", f"{desc}-{txn_n}")
         engine = self.engine
         write_lock = self._write_lock
         attempts = 0
@@ -533,10 +546,11 @@ class DatabasePool:
                     if conn is None:
                         conn = self._open(state)
                     phase = 0
-                    cur = Cursor(self, conn, desc, txn_id)
+                    cur = Cursor(self, conn, desc, txn_n)
                     immediate = write_lock is not None and desc in self._writer_descs
                     if immediate:
-                        self._take_write_lock(cur)
+                        write_lock.acquire()  # type: ignore[union-attr]
+                        cur._writing = True
                     engine.begin(conn, immediate=immediate)
                     phase = 1
                     result = job.fn(cur, *job.args, **job.kwargs)
@@ -554,6 +568,7 @@ class DatabasePool:
                 except BaseException as e:
                     lost = self._after_failure(state, conn, e)
                     retry = attempts <= self.max_retries and isinstance(e, Exception)
+                    txn_id = f"{desc}-{txn_n}"
                     if lost and phase == -1:  # could not (re)connect: keep the driver's error
                         if not retry:
                             _add_note(e, desc, txn_id, attempts, "could not connect")
@@ -586,7 +601,9 @@ class DatabasePool:
                 time.sleep(min(0.2, 0.005 * 2 ** (attempts - 1)) * (0.5 + random.random() / 2))
         finally:
             duration = _monotonic() - t_begin
-            ctx.record_db_txn(duration)
+            if ctx is not None:
+                # One locked update of the child and every ancestor.
+                ctx._add(0.0, 0.0, 1, duration if duration > 0.0 else 0.0, sched, 0)
             if obs is not None:
                 _observe(obs.transaction, self, desc, duration, attempts, ok)
             if span is not None:
@@ -669,6 +686,20 @@ class DatabasePool:
 def _execute_fetch(txn: Cursor, sql: str, args: tuple[Any, ...] | None) -> list[tuple[Any, ...]]:
     txn.execute(sql, args)
     return [tuple(r) for r in txn.fetchall()]
+
+
+async def _finish_cancelled(job: _Job, loop: asyncio.AbstractEventLoop) -> None:
+    """The caller was cancelled: wait until the job has finished and been recorded."""
+    while not job.finished:
+        job.on_finish = loop.create_future()
+        with contextlib.suppress(asyncio.CancelledError):
+            await job.on_finish
+    if job.exc is not None and not isinstance(job.exc, asyncio.CancelledError):
+        logger.warning(
+            "database interaction %r failed after its caller was cancelled",
+            job.desc,
+            exc_info=job.exc,
+        )
 
 
 def _close_quietly(conn: Any) -> None:
