@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from logcontext import LoggingContext, _misuse, configure, current_context
+from logcontext import LoggingContext, _ledger, _misuse, configure, current_context
 from logcontext.db import Cursor, DatabasePool, set_database_observer
 
 
@@ -143,6 +143,33 @@ async def test_worker_cpu_rolls_up_to_caller_and_parents(pool: DatabasePool) -> 
             after = req.get_resource_usage().ru_utime
     assert burnt[0] * 0.95 <= after - before <= burnt[0] * 1.15 + 0.003
     assert parent.get_resource_usage().ru_utime >= burnt[0] * 0.95
+
+
+async def test_worker_cpu_settled_before_the_caller_resumes(pool: DatabasePool) -> None:
+    """cpu/sampled: a burning interaction's CPU is in the caller's usage right after the await."""
+    configure(clock="cpu", step_mode="sampled")  # the defaults; restored by the suite's guard
+    saved_window_ms = _ledger._window_ns / 1e6
+    # A window far longer than the test: nothing closes it on its own, so the
+    # worker's share of it stays pending unless the pool settles the ledger.
+    _ledger.set_sample_window(10_000)
+    try:
+        for i in range(3):
+
+            def burn(txn: Cursor) -> float:
+                t0 = time.thread_time()
+                while time.thread_time() - t0 < 0.002:
+                    pass
+                return time.thread_time() - t0
+
+            with LoggingContext("parent") as parent:
+                with LoggingContext(f"req-{i}", parent_context=parent) as req:
+                    burnt = await pool.run_interaction("burn", burn)
+                    usage = req.get_resource_usage()
+                    assert usage.ru_utime + usage.ru_stime >= burnt * 0.75, (i, usage, burnt)
+            up = parent.get_resource_usage()
+            assert up.ru_utime + up.ru_stime >= burnt * 0.75
+    finally:
+        _ledger.set_sample_window(saved_window_ms)
 
 
 async def test_saturated_pool_grows_scheduling_time(db_path: Path) -> None:
