@@ -186,6 +186,25 @@ def test_each_thread_has_its_own_ledger() -> None:
     assert any(label == "worker" for label, _, _ in _ledger.ledger_stats())
 
 
+def test_an_exited_threads_ledger_is_freed_and_folded() -> None:
+    """When a thread ends its ledger is released (not kept by the registry) and its totals are
+    folded into the per-label figures of exited threads."""
+    logcontext.configure(clock="cpu", step_mode="exact")
+    seen: list[int] = []
+
+    def work() -> None:
+        with LoggingContext("job"):
+            for i in range(200_000):
+                i += 1
+        seen.append(id(_ledger.get_ledger()))
+
+    t = threading.Thread(target=work, name="folded-worker-7")
+    t.start()
+    t.join()
+    assert seen and seen[0] not in _ledger._live
+    assert _ledger._exited.get("folded-worker", [0, 0])[0] > 0
+
+
 def test_thread_label_strips_pool_suffixes() -> None:
     """Thread labels drop trailing -N/_N groups so pools collapse into one label."""
     assert _ledger.thread_label("logcontext-db-main_3") == "logcontext-db-main"

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from logcontext import LoggingContext, Measure, _misuse, current_context, measure_func
+import logcontext
+from logcontext import LoggingContext, Measure, _ledger, _misuse, current_context, measure_func
 from logcontext.metrics import Metrics, install_metrics, uninstall_metrics
 
 
@@ -90,6 +92,21 @@ def test_block_metrics(metrics: Metrics) -> None:
     assert v[("logcontext_block_db_sched_duration_seconds_total", "blk")] == 0.25
     assert v[("logcontext_block_evt_db_fetch_count_total", "blk")] == 6
     assert v[("logcontext_block_time_seconds_total", "blk")] >= 0
+
+
+def test_block_cpu_is_final_when_the_block_exits(metrics: Metrics) -> None:
+    """A block's CPU reaches its metrics even when its exit leaves the sampling window open."""
+    logcontext.configure(clock="cpu", step_mode="sampled")
+    _ledger.set_sample_window(10_000)  # no window closes on its own during the test
+    try:
+        with LoggingContext("req"):
+            with Measure("burn"):
+                end = time.thread_time() + 0.002
+                while time.thread_time() < end:
+                    pass
+        assert values(metrics)[("logcontext_block_ru_utime_seconds_total", "burn")] >= 0.0015
+    finally:
+        _ledger.set_sample_window(1.0)
 
 
 def test_in_flight_gauges(metrics: Metrics) -> None:

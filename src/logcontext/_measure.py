@@ -94,10 +94,9 @@ class Measure:
         duration = _monotonic() - self.start
         self._block = None
         b.in_flight.discard(self)
-        # The child has just exited (its CPU is booked at the exit checkpoint), so its totals
-        # are final: read them without the snapshot machinery of get_resource_usage().
-        usage = getattr(ctx, "_usage", None) or ctx.get_resource_usage()
-        b.add(duration, usage)
+        # The exit leaves the child's CPU pending while the sampling window is young:
+        # get_resource_usage() closes the window on this thread, so the figures are final.
+        b.add(duration, ctx.get_resource_usage())
 
     def get_resource_usage(self) -> Any:
         """The block's usage so far (zeros before it was entered)."""
