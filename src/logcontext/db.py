@@ -36,6 +36,7 @@ from types import CoroutineType, TracebackType
 from typing import Any, Concatenate, Final, Generic, ParamSpec, TypeVar
 
 from . import _db_hooks, _ledger
+from ._config import config as _config
 from ._context import (
     SENTINEL_CONTEXT,
     LoggingContext,
@@ -317,11 +318,8 @@ class DatabasePool:
     @property
     def server_name(self) -> str:
         """The ``server_name`` metric label: the explicit one, else the configured default."""
-        if self._server_name is not None:
-            return self._server_name
-        from ._config import config
-
-        return config.default_server_name
+        name = self._server_name
+        return _config.default_server_name if name is None else name
 
     @property
     def connections_in_use(self) -> int:
