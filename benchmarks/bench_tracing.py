@@ -14,7 +14,9 @@ with ``--rounds 201`` the three agree within a few percent on a loaded 2-core ma
   tracing uninitialised) against an untraced context, bound 1.1.
   Breakdown candidates: the span without usage (``record_usage=False``), a bare OTel span inside
   an untraced context, the child context alone (what ``record_usage`` adds to the span: enter and
-  exit of a context under a context) and a context owning its span (request style).
+  exit of a context under a context), the same plus the ``get_resource_usage()`` that makes its
+  figures final (in the ``sampled`` and ``exact`` step modes an exit leaves its CPU pending, so
+  this read closes the thread's CPU window) and a context owning its span (request style).
 * ``tracing-clocks`` (information, not gated): the traced context / bare span ratio under each
   clock (and the ``sampled`` step mode): the child context's clock reads and ledger bookkeeping
   are the part of the cost that depends on the configuration.
@@ -207,6 +209,22 @@ def b_child_ctx(n: int) -> float:
         parent.__exit__(None, None, None)
 
 
+def b_child_ctx_read(n: int) -> float:
+    """The child context plus the read that makes its figures final (``get_resource_usage``)."""
+    parent = LoggingContext("req")
+    parent.__enter__()
+    try:
+        t = pc()
+        for _ in range(n):
+            child = LoggingContext("req", parent_context=parent)
+            with child:
+                pass
+            child.get_resource_usage()
+        return pc() - t
+    finally:
+        parent.__exit__(None, None, None)
+
+
 def _in_mode(fn: Any, clock: Any, step: Any) -> Any:
     """``fn`` run with ``configure(clock=clock, step_mode=step)``, defaults restored after."""
 
@@ -294,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add("ctx+otel_bare_batch", b_ctx_and_bare_batch)
     s.add("owned_span_ctx_batch", b_owned_span_ctx_batch)
     s.add("child_ctx_only", b_child_ctx)
+    s.add("child_ctx+usage_read", b_child_ctx_read)
     s.add("untraced_ctx", b_untraced_ctx)
     s.add("noop_traced_ctx", b_noop_ctx)
     s.run()
@@ -311,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         # Where the traced context's extra over the bare span goes, per round (paired).
         r = s.results
         bare, ours, no_usage = r["otel_bare_span_batch"], r["traced_ctx_batch"], r["span_no_usage_batch"]
-        child = r["child_ctx_only"]
+        child, read = r["child_ctx_only"], r["child_ctx+usage_read"]
 
         def paired_us(a: list[float], b: list[float]) -> float:
             return statistics.median(x - y for x, y in zip(a, b, strict=True)) * 1e6
@@ -320,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
             f"extra over the bare span {paired_us(ours.samples, bare.samples):.2f}us = span scope "
             f"{paired_us(no_usage.samples, bare.samples):.2f}us + record_usage "
             f"{paired_us(ours.samples, no_usage.samples):.2f}us, of which the child context alone "
-            f"{statistics.median(child.samples) * 1e6:.2f}us (median) / {child.min * 1e6:.2f}us (min)"
+            f"{statistics.median(child.samples) * 1e6:.2f}us (median) / {child.min * 1e6:.2f}us (min) "
+            f"and reading its final usage {paired_us(read.samples, child.samples):.2f}us (paired median)"
         )
     ok &= s.finish()
 

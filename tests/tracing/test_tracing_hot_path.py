@@ -77,3 +77,17 @@ def test_activation_failure_still_ends_the_span(
     assert [r.getMessage() for r in caplog.records].count(
         "tracing backend failed in activate; continuing untraced"
     ) == 1
+
+
+def test_span_options_are_exported_and_complete() -> None:
+    """``SpanOptions`` (public) names exactly the keywords ``start_span`` accepts."""
+    assert lt.SpanOptions.__optional_keys__ == {
+        "parent",
+        "links",
+        "attributes",
+        "kind",
+        "root",
+        "record_usage",
+        "end_on_exit",
+    }
+    assert "SpanOptions" in lt.__all__

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._api import (
     FORCE_TRACING_BAGGAGE,
+    SpanOptions,
     active_span,
     extract,
     extract_link,
@@ -52,6 +53,7 @@ __all__ = [
     "ForceTracingSampler",
     "Span",
     "SpanContext",
+    "SpanOptions",
     "active_span",
     "extract",
     "extract_link",

@@ -773,7 +773,13 @@ class _ContextSpanScope(_ScopeBase):
 
 
 class SpanOptions(TypedDict, total=False):
-    """The keyword options of :func:`start_span` (every one optional)."""
+    """Keyword options of :func:`start_span`, each optional: ``parent=None``, ``links=()``,
+    ``attributes=None``, ``kind="internal"``, ``root=False``, ``record_usage=True``,
+    ``end_on_exit=True``.
+
+    ``start_span(name, **options: Unpack[SpanOptions])`` type-checks each keyword; an unknown one
+    raises ``TypeError`` at run time, whether tracing is on or off.
+    """
 
     parent: SpanContext | Span | None
     links: Links
