@@ -17,9 +17,10 @@ in-memory database owned by one worker thread) is awaited from a coroutine:
 Both sides pay the same kind of thread hop: one worker thread that waits on a
 ``queue.SimpleQueue`` and wakes the loop with ``call_soon_threadsafe`` (the
 executor through its future's callback). The candidates run interleaved, in a
-fresh order each round; a thread hop can stall for milliseconds, so the loop
-count of a sample is calibrated three times and the largest kept (one stalled
-calibration sample would otherwise leave a candidate with a handful of
+fresh order each round. The process is pinned to one CPU (``--no-pin`` lets
+the threads spread; see ``_pin``). A thread hop can stall for milliseconds, so
+the loop count of a sample is calibrated three times and the largest kept (one
+stalled calibration sample would otherwise leave a candidate with a handful of
 operations per sample).
 
 Targets: P17 ``run_interaction`` ≤ 1.25 × ``run_in_executor`` (spec), and the
@@ -33,11 +34,13 @@ does not inflate.
 
     python benchmarks/bench_db.py            # full run
     python benchmarks/bench_db.py --quick    # smoke run
+    python benchmarks/bench_db.py --no-pin   # threads not pinned to one CPU
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
 import sqlite3
 import statistics
@@ -74,8 +77,30 @@ class _HopSuite(Suite):
         return max(calibrate(fn) for _ in range(3))
 
 
+def _pin(argv: list[str]) -> str:
+    """Pin the process to one CPU unless ``--no-pin`` is in ``argv`` (removed); say what was done.
+
+    Both threads of every candidate then share one CPU: each hop is a plain
+    context switch on a warm cache, instead of a cross-CPU wake-up whose cost
+    depends on what else runs on the other CPU (on a shared machine that made
+    the same candidate's samples vary two- to threefold between runs).
+    """
+    if "--no-pin" in argv:
+        argv.remove("--no-pin")
+        return "not pinned (--no-pin): threads free to run on any CPU"
+    getaffinity = getattr(os, "sched_getaffinity", None)
+    setaffinity = getattr(os, "sched_setaffinity", None)
+    if getaffinity is None or setaffinity is None:
+        return "not pinned (no sched_setaffinity on this platform)"
+    cpu = max(getaffinity(0))
+    setaffinity(0, {cpu})
+    return f"pinned to CPU {cpu} (both threads share it; --no-pin to let them spread)"
+
+
 def main() -> int:
-    args = parse_args(__doc__ or "")
+    argv = sys.argv[1:]
+    pinned = _pin(argv)
+    args = parse_args(__doc__ or "", argv)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
 
@@ -161,6 +186,7 @@ def main() -> int:
     cpu_samples: dict[str, list[tuple[float, float]]] = {}
 
     suite = _HopSuite("db", args, sample_s=0.004 if args.quick else 0.020)
+    suite.note(pinned)
 
     def add(name: str, fn: Callable[[int], Coroutine[Any, Any, float]]) -> None:
         samples = cpu_samples[name] = []
