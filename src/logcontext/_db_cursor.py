@@ -63,31 +63,23 @@ class Cursor:
     __slots__ = (
         "_after",
         "_cur",
-        "_n",
         "_pool",
         "_writing",
         "connection",
         "desc",
+        "engine",
+        "txn_id",
     )
 
-    def __init__(self, pool: DatabasePool, connection: Any, desc: str, txn_n: int) -> None:
+    def __init__(self, pool: DatabasePool, connection: Any, desc: str, txn_id: str) -> None:
         self._pool = pool
         self._cur = connection.cursor()
         self._writing = False
         self._after: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] | None = None
-        self._n = txn_n
         self.connection = connection
         self.desc = desc
-
-    @property
-    def txn_id(self) -> str:
-        """``<desc>-<n>``: the interaction's name and its sequence number in this pool."""
-        return f"{self.desc}-{self._n}"
-
-    @property
-    def engine(self) -> Engine:
-        """The pool's :class:`Engine`."""
-        return self._pool.engine
+        self.txn_id = txn_id
+        self.engine: Engine = pool.engine
 
     # -- statements ----------------------------------------------------------
 
@@ -106,10 +98,10 @@ class Cursor:
         if pool._write_lock is not None and not self._writing and statement_verb(sql) not in READ_VERBS:
             pool._take_write_lock(self)
         query = sql
-        if args is not None and pool.engine.converts_params:
+        if args is not None and self.engine.converts_params:
             first = (args[0] if args else None) if many else args
             if not isinstance(first, Mapping):  # named parameters use the driver's own style
-                query = pool.engine.convert_param_style(sql)
+                query = self.engine.convert_param_style(sql)
         if pool.log_sql and sql_logger.isEnabledFor(_DEBUG):
             self._log(sql, args, many)
         obs = _db_hooks.observer
@@ -126,7 +118,7 @@ class Cursor:
                 with tracing.start_span(
                     "db.query",
                     attributes={
-                        "db.system.name": pool.engine.system_name,
+                        "db.system.name": self.engine.system_name,
                         "db.query.text": sanitize_sql(sql),
                         "logcontext.db.txn_id": self.txn_id,
                     },

@@ -524,9 +524,9 @@ class DatabasePool:
         counter = self._txn_counters.get(desc)
         if counter is None:
             counter = self._txn_counters.setdefault(desc, itertools.count(1))
-        txn_n: int = next(counter)
+        txn_id = f"{desc}-{next(counter)}"
         if span is not None:
-            span.set_attribute("logcontext.db.txn_id", f"{desc}-{txn_n}")
+            span.set_attribute("logcontext.db.txn_id", txn_id)
         engine = self.engine
         write_lock = self._write_lock
         attempts = 0
@@ -544,7 +544,7 @@ class DatabasePool:
                     if conn is None:
                         conn = self._open(state)
                     phase = 0
-                    cur = Cursor(self, conn, desc, txn_n)
+                    cur = Cursor(self, conn, desc, txn_id)
                     immediate = write_lock is not None and desc in self._writer_descs
                     if immediate:
                         write_lock.acquire()  # type: ignore[union-attr]
@@ -566,7 +566,6 @@ class DatabasePool:
                 except BaseException as e:
                     lost = self._after_failure(state, conn, e)
                     retry = attempts <= self.max_retries and isinstance(e, Exception)
-                    txn_id = f"{desc}-{txn_n}"
                     if lost and phase == -1:  # could not (re)connect: keep the driver's error
                         if not retry:
                             _add_note(e, desc, txn_id, attempts, "could not connect")
