@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -22,6 +23,16 @@ def test_null_manager_yields_null_span_and_lets_exceptions_through() -> None:
     with pytest.raises(KeyError), lt.start_span("x"):
         raise KeyError("k")
     assert not _api.NULL_SCOPE.__exit__(KeyError, KeyError("k"), None)
+
+
+def test_null_manager_in_an_exit_stack() -> None:
+    """Tracing off, the null manager also works where its methods get the manager passed in."""
+    with contextlib.ExitStack() as stack:
+        assert stack.enter_context(lt.start_span("x")) is lt.NULL_SPAN
+    with pytest.raises(KeyError), contextlib.ExitStack() as stack:
+        stack.enter_context(lt.start_span("x"))
+        raise KeyError("k")
+    assert _api.NULL_SCOPE.__enter__() is lt.NULL_SPAN
 
 
 async def test_null_manager_async_with() -> None:
