@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 from collections.abc import Callable, Collection, Generator, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import AbstractContextManager, closing
 from dataclasses import dataclass, field
 from itertools import chain
@@ -141,6 +142,14 @@ class _Phases(Protocol):
     """Phase hooks: a context manager per phase yielding a dict of span attributes."""
 
     def phase(self, name: str) -> AbstractContextManager[dict[str, Any]]: ...
+
+    def sets(
+        self,
+        conflicted: AbstractSet[str],
+        auth_difference: AbstractSet[str],
+        subgraph: AbstractSet[str],
+        full: AbstractSet[str],
+    ) -> None: ...
 
 
 def _retry(ctx: _Ctx, make: Callable[[], Generator[Request, None, T]]) -> Generator[Request, None, T]:
@@ -511,6 +520,7 @@ def _resolve(
             dropped_unknown=len(candidates) - len(full),
             rejected=rejected,
         )
+    phases.sets(conflicted_ids, diff, sub, full)
     if stages is not None:
         stages.conflicted = conflicted_ids
         stages.auth_difference = diff

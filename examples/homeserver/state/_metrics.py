@@ -1,0 +1,381 @@
+"""Prometheus metrics of state resolution (spec §6), ``prometheus_client`` imported lazily.
+
+The families live in one `StateMetrics` per registry, registered as a single collector.
+Resolutions update the *active* one: the first resolution installs it on the default registry
+(the registry of ``logcontext.metrics.install_metrics`` if installed, else
+``prometheus_client.REGISTRY``) unless `install_state_metrics` or `uninstall_state_metrics`
+was called first. Without ``prometheus_client`` nothing is recorded and nothing fails.
+
+``state_res_unindexed_events`` is read at scrape time from the sources added with
+`add_unindexed_source`; `pool_unindexed_source` counts, in a store's database, the events of
+rooms that have a chain-cover index but are not in it yet (waiting for the index to be rebuilt).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import sys
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics_core import Metric
+
+__all__ = [
+    "ALGORITHMS",
+    "ERROR_CATEGORIES",
+    "IAC_OUTCOMES",
+    "IAC_PASSES",
+    "METHODS",
+    "PHASES",
+    "StateMetrics",
+    "active_state_metrics",
+    "add_unindexed_source",
+    "count_unindexed_events_txn",
+    "install_state_metrics",
+    "pool_unindexed_source",
+    "unindexed_events",
+    "uninstall_state_metrics",
+]
+
+logger = logging.getLogger("homeserver.state")
+
+#: ``phase`` label values of ``state_res_seconds``: the phases, and ``total`` (whole resolution).
+PHASES = (
+    "split",
+    "auth_difference",
+    "conflicted_subgraph",
+    "load_events",
+    "power_graph",
+    "sender_power",
+    "power_sort",
+    "iac_power",
+    "mainline",
+    "iac_rest",
+    "overlay",
+    "total",
+)
+ALGORITHMS = ("v2", "v2.1")
+IAC_PASSES = ("iac_power", "iac_rest")
+IAC_OUTCOMES = ("accepted", "failed", "skipped_rejected")
+METHODS = ("walk", "chain")
+#: Categories pre-created at 0 (others appear when first raised); ``internal`` counts any
+#: exception that is not a `StateResolutionError` (a bug).
+ERROR_CATEGORIES = (
+    "invalid_power_levels",
+    "invalid_membership",
+    "invalid_third_party_invite",
+    "invalid_member_content",
+    "invalid_event",
+    "missing_create",
+    "wrong_room",
+    "unknown_event",
+    "auth_cycle",
+    "unsupported_room_version",
+    "internal",
+)
+
+SECONDS_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+SIZE_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000)
+
+UNINDEXED_HELP = "Events of rooms with a chain-cover index that are not in it yet"
+
+
+class ResolutionFigures:
+    """What one resolution reports to the metrics (filled by the phase hooks)."""
+
+    __slots__ = ("algorithm", "auth_difference", "full_set", "iac", "method", "phase_seconds")
+
+    def __init__(self, algorithm: str) -> None:
+        self.algorithm = algorithm
+        self.phase_seconds: dict[str, float] = {}
+        self.full_set: int | None = None
+        self.auth_difference: int | None = None
+        self.method: str | None = None
+        self.iac: dict[tuple[str, str], int] = {}
+
+
+class StateMetrics:
+    """The state-resolution families of one registry (see the module docstring)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        import prometheus_client as pc
+
+        self.registry = registry
+        self.seconds = pc.Histogram(
+            "state_res_seconds",
+            "Wall time of state resolutions (phase=total) and of their phases",
+            ["phase", "algorithm"],
+            buckets=SECONDS_BUCKETS,
+            registry=None,
+        )
+        self.full_conflicted = pc.Histogram(
+            "state_res_full_conflicted_events",
+            "Events in the full conflicted set of a resolution",
+            buckets=SIZE_BUCKETS,
+            registry=None,
+        )
+        self.auth_difference = pc.Histogram(
+            "state_res_auth_difference_events",
+            "Events in the auth difference of a resolution",
+            buckets=SIZE_BUCKETS,
+            registry=None,
+        )
+        self.iac = pc.Counter(
+            "state_res_iac",
+            "Events replayed by the iterative auth checks, by pass and outcome",
+            ["pass", "outcome"],
+            registry=None,
+        )
+        self.errors = pc.Counter(
+            "state_res_errors", "Failed resolutions by error category", ["category"], registry=None
+        )
+        self.methods = pc.Counter(
+            "state_res_auth_difference_method",
+            "Auth differences computed, by method",
+            ["method"],
+            registry=None,
+        )
+        self._families = (
+            self.seconds,
+            self.full_conflicted,
+            self.auth_difference,
+            self.iac,
+            self.errors,
+            self.methods,
+        )
+        # Children cached per label tuple: the hot path is a dict lookup, never .labels().
+        self._seconds = {(p, a): self.seconds.labels(p, a) for p in PHASES for a in ALGORITHMS}
+        self._iac = {(p, o): self.iac.labels(p, o) for p in IAC_PASSES for o in IAC_OUTCOMES}
+        self._errors = {c: self.errors.labels(c) for c in ERROR_CATEGORIES}
+        self._methods = {m: self.methods.labels(m) for m in METHODS}
+        self.collector = _Collector(self)
+        self.registered = False
+
+    def _child(self, cache: dict[Any, Any], family: Any, key: Any) -> Any:
+        child = cache.get(key)
+        if child is None:
+            child = cache[key] = family.labels(*key) if isinstance(key, tuple) else family.labels(key)
+        return child
+
+    def record(self, figures: ResolutionFigures, seconds: float, error: str | None) -> None:
+        """Account one resolution (``error``: its category, ``None`` if it succeeded)."""
+        alg = figures.algorithm
+        self._child(self._seconds, self.seconds, ("total", alg)).observe(seconds)
+        for phase, dt in figures.phase_seconds.items():
+            self._child(self._seconds, self.seconds, (phase, alg)).observe(dt)
+        if figures.full_set is not None:
+            self.full_conflicted.observe(figures.full_set)
+        if figures.auth_difference is not None:
+            self.auth_difference.observe(figures.auth_difference)
+        if figures.method is not None:
+            self._child(self._methods, self.methods, figures.method).inc()
+        for key, n in figures.iac.items():
+            if n:
+                self._child(self._iac, self.iac, key).inc(n)
+        if error is not None:
+            self._child(self._errors, self.errors, error).inc()
+
+
+class _Collector:
+    """Every family of a `StateMetrics`, plus the scrape-time unindexed gauge."""
+
+    def __init__(self, metrics: StateMetrics) -> None:
+        self._m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        for family in self._m._families:
+            yield from family.collect()
+        yield GaugeMetricFamily("state_res_unindexed_events", UNINDEXED_HELP, value=unindexed_events())
+
+    def describe(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        for family in self._m._families:
+            yield from family.describe()
+        yield GaugeMetricFamily("state_res_unindexed_events", UNINDEXED_HELP)
+
+
+# -- the active families ------------------------------------------------------------------------
+
+_UNSET: Any = object()
+_lock = threading.Lock()
+_active: Any = _UNSET  # StateMetrics, None (off / no prometheus_client) or _UNSET (first use)
+_by_registry: weakref.WeakKeyDictionary[Any, StateMetrics] = weakref.WeakKeyDictionary()
+
+
+def _default_registry() -> CollectorRegistry:
+    lib = sys.modules.get("logcontext.metrics")
+    installed = lib.installed_metrics() if lib is not None else None
+    if installed is not None:
+        registry: CollectorRegistry = installed.registry
+        return registry
+    from prometheus_client import REGISTRY
+
+    return REGISTRY
+
+
+def install_state_metrics(registry: CollectorRegistry | None = None) -> StateMetrics | None:
+    """Register the families on ``registry`` (once per registry) and make resolutions update them.
+
+    ``registry`` defaults to the library's installed registry or ``prometheus_client.REGISTRY``.
+    The previously active families (another registry) are unregistered. Returns ``None``, and
+    records nothing, when ``prometheus_client`` is not installed.
+    """
+    global _active
+    try:
+        import prometheus_client
+    except ImportError:
+        with _lock:
+            _active = None
+        return None
+    if registry is None:
+        registry = _default_registry()
+    elif not isinstance(registry, prometheus_client.CollectorRegistry):
+        raise TypeError(f"registry must be a prometheus_client CollectorRegistry, not {registry!r}")
+    with _lock:
+        m = _by_registry.get(registry)
+        if m is None:
+            m = _by_registry[registry] = StateMetrics(registry)
+        if not m.registered:
+            registry.register(m.collector)
+            m.registered = True
+        prev = _active
+        if isinstance(prev, StateMetrics) and prev is not m:
+            _unregister(prev)
+        _active = m
+        return m
+
+
+def _unregister(m: StateMetrics) -> None:
+    if m.registered:
+        with contextlib.suppress(KeyError):  # unregistered behind our back
+            m.registry.unregister(m.collector)
+        m.registered = False
+
+
+def uninstall_state_metrics() -> None:
+    """Unregister the active families; resolutions record nothing until the next install."""
+    global _active
+    with _lock:
+        if isinstance(_active, StateMetrics):
+            _unregister(_active)
+        _active = None
+
+
+def active_state_metrics() -> StateMetrics | None:
+    """The families resolutions update (installed on the default registry on first use)."""
+    global _active
+    m = _active
+    if m is _UNSET:
+        try:
+            return install_state_metrics()
+        except ValueError as e:  # the names are taken on the default registry
+            _active = None
+            logger.warning("state resolution metrics disabled: %s", e)
+            return None
+    return m  # type: ignore[no-any-return]
+
+
+# -- events waiting for the chain-cover index ---------------------------------------------------
+
+_sources: dict[int, Callable[[], int | None]] = {}
+_sources_lock = threading.Lock()
+_next_source = 0
+
+
+def add_unindexed_source(source: Callable[[], int | None]) -> Callable[[], None]:
+    """Add a scrape-time reader of unindexed events (``None``: unknown); returns its remover."""
+    global _next_source
+    if not callable(source):
+        raise TypeError(f"unindexed source must be callable, not {source!r}")
+    with _sources_lock:
+        key = _next_source
+        _next_source += 1
+        _sources[key] = source
+
+    def remove() -> None:
+        with _sources_lock:
+            _sources.pop(key, None)
+
+    return remove
+
+
+def unindexed_events() -> float:
+    """The sum over the sources; 0 without sources, NaN if every source failed."""
+    with _sources_lock:
+        sources = list(_sources.values())
+    total = 0
+    known = 0
+    for source in sources:
+        try:
+            n = source()
+        except Exception as e:
+            logger.warning("unindexed events source %r failed: %s", source, e)
+            continue
+        if n is not None:
+            total += int(n)
+            known += 1
+    if sources and not known:
+        return math.nan
+    return float(total)
+
+
+UNINDEXED_SQL = (
+    "SELECT COUNT(*) FROM events AS e"
+    " WHERE e.room_id IN (SELECT c.room_id FROM event_auth_chains AS c)"
+    " AND NOT EXISTS (SELECT 1 FROM event_auth_chains AS c2 WHERE c2.event_id = e.event_id)"
+)
+
+
+def count_unindexed_events_txn(txn: Any) -> int:
+    """Events of rooms with index rows (``event_auth_chains``) that have no row themselves."""
+    txn.execute(UNINDEXED_SQL)
+    row = txn.fetchone()
+    return int(row[0]) if row else 0
+
+
+def pool_unindexed_source(pool: Any, *, timeout: float = 2.0) -> Callable[[], int | None]:
+    """A source counting unindexed events in ``pool``'s database (a ``logcontext.db.DatabasePool``).
+
+    The count runs on the pool's worker in its own logging context; a scrape waits at most
+    ``timeout`` seconds (then the source reports nothing and a warning is logged).
+    """
+    if not hasattr(pool, "submit_interaction"):
+        raise TypeError(f"pool must be a logcontext.db.DatabasePool, not {pool!r}")
+
+    def read() -> int | None:
+        from logcontext import LoggingContext
+
+        with LoggingContext("state_res_unindexed_scrape"):
+            future = pool.submit_interaction("count_unindexed_events", count_unindexed_events_txn)
+            n: int = future.result(timeout)
+            return n
+
+    return read
