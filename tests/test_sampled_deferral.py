@@ -147,7 +147,7 @@ def test_exact_mode_exit_defers_too_and_stays_exact() -> None:
 
 
 def test_a_dropped_context_is_not_given_a_usage_but_its_parent_is_charged(
-    sampled: None, monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """At a window close, an exited context nothing references gets no usage object of its
     own (nobody can read it); its ancestors are charged in full; held contexts are charged."""
@@ -159,17 +159,27 @@ def test_a_dropped_context_is_not_given_a_usage_but_its_parent_is_charged(
         built.append(obj)
         return obj
 
-    monkeypatch.setattr(_ledger, "_new_obj", counting_new)
-    parent = LoggingContext("parent")
-    for _ in range(20):
-        with LoggingContext("dropped", parent_context=parent):
-            _burn(0.0001)
-    held = []
-    for _ in range(5):
-        with LoggingContext("held") as ctx:
-            _burn(0.0001)
-        held.append(ctx)
-    _ledger.settle_pending()
-    assert len(built) == 5  # one per held context, none for the 20 dropped ones
-    assert all(c._u is not None and c._u.ru_utime > 0 for c in held)
-    assert parent.get_resource_usage().ru_utime >= 20 * 0.0001 * 0.9
+    now = [0]
+    logcontext.configure(clock="cpu", step_mode="exact")
+    _ledger.set_sample_window(10_000)
+    try:
+        with _ledger.use_scalar_clock(lambda: now[0]):
+            with LoggingContext("warm"):
+                pass
+            _ledger.settle_pending()
+            monkeypatch.setattr(_ledger, "_new_obj", counting_new)
+            parent = LoggingContext("parent")
+            for _ in range(20):
+                with LoggingContext("dropped", parent_context=parent):
+                    now[0] += 100_000
+            held = []
+            for _ in range(5):
+                with LoggingContext("held") as ctx:
+                    now[0] += 100_000
+                held.append(ctx)
+            _ledger.settle_pending()
+            assert len(built) == 5  # one per held context, none for the 20 dropped ones
+            assert all(c._u is not None and c._u.ru_utime == pytest.approx(0.0001) for c in held)
+            assert parent.get_resource_usage().ru_utime == pytest.approx(0.002)
+    finally:
+        _ledger.set_sample_window(1.0)

@@ -17,7 +17,7 @@ from ._usage import ContextResourceUsage
 TYPE_CHECKING = False  # typing is not imported at run time (import cost, spec P18)
 if TYPE_CHECKING:
     from types import TracebackType
-    from typing import Any, Final, Self
+    from typing import Any, Final, Literal, Self
 
 __all__ = [
     "SENTINEL_CONTEXT",
@@ -212,7 +212,7 @@ class LoggingContext:
     name: str
     finished: bool
     _ancestors: tuple[LoggingContext, ...]
-    _token: Token[LoggingContextOrSentinel] | None
+    _token: Token[LoggingContextOrSentinel] | Literal[False] | None
     _u: ContextResourceUsage | None
     _extra: _Extra | None
 
@@ -225,7 +225,7 @@ class LoggingContext:
         request: ContextRequest | None = None,
         tag: str = "",
     ) -> None:
-        if type(name) is not str and not isinstance(name, str):
+        if name.__class__ is not str and not isinstance(name, str):
             raise TypeError(f"LoggingContext name must be a str, not {type(name).__name__}")
         if not name:
             raise ValueError("LoggingContext name must be a non-empty str")
@@ -344,19 +344,28 @@ class LoggingContext:
     # -- entering and leaving -------------------------------------------------
 
     def __enter__(self) -> Self:
-        if self.finished:
+        # ``_token``: None before the first enter, False once exited (so one test covers
+        # both misuse cases on the fast path), else the newest active token.
+        held = self._token
+        if held is not None:
+            if held is False or self.finished:
+                report(
+                    "restart-finished",
+                    f"entering context {self.name!r} again after its block exited",
+                    context=self,
+                )
+            if held is not False:
+                report("reenter-active", f"context {self.name!r} entered while already active", context=self)
+                x = self._x()
+                if x.tokens is None:
+                    x.tokens = []
+                x.tokens.append(held)  # tokens stack; the newest stays in _token
+        elif self.finished:  # exited in a foreign Context before any token was kept
             report(
                 "restart-finished",
                 f"entering context {self.name!r} again after its block exited",
                 context=self,
             )
-        held = self._token
-        if held is not None:
-            report("reenter-active", f"context {self.name!r} entered while already active", context=self)
-            x = self._x()
-            if x.tokens is None:
-                x.tokens = []
-            x.tokens.append(held)  # tokens stack; the newest stays in _token
         self._token = _var_set(self)
         if _hot:
             if _clock._metering:
@@ -413,11 +422,11 @@ class LoggingContext:
         tb: TracebackType | None = None,
     ) -> None:
         token = self._token
-        if token is None:
+        if not token:  # None (never entered) or False (exited already)
             report("double-exit", f"context {self.name!r} exited more times than entered", context=self)
             return
         x = self._extra
-        self._token = x.tokens.pop() if x is not None and x.tokens else None
+        self._token = x.tokens.pop() if x is not None and x.tokens else False
         found = _var_get()
         try:
             _var_reset(token)
