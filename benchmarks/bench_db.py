@@ -50,7 +50,7 @@ import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -59,6 +59,7 @@ from _harness import Suite, exit_code, parse_args
 from logcontext import LoggingContext, _db_hooks
 from logcontext.db import Cursor, DatabasePool
 
+T = TypeVar("T")
 pc = time.perf_counter
 proc_cpu = time.process_time
 thread_cpu = time.thread_time
@@ -141,7 +142,7 @@ def main() -> int:
     # Each sample runs in a fresh request context; their totals roll up here.
     totals = LoggingContext("bench-totals")
 
-    def run(coro: Coroutine[Any, Any, float]) -> float:
+    def run(coro: Coroutine[Any, Any, T]) -> T:
         return loop.run_until_complete(coro)
 
     async def _setup() -> None:
