@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,10 +34,20 @@ from homeserver.replication.streams import (
 from homeserver.replication.tcp import ReplicationClient, ReplicationServer
 from homeserver.replication.typing_state import HttpStreamFetcher, TypingWriter
 from homeserver.storage.devices import DEVICE_LIST_TABLES, add_device_change_to_streams
+from homeserver.storage.events import EVENT_STREAM_TABLES, EventStore
 from homeserver.storage.id_generators import StreamIdGenerator
-from homeserver.storage.streams import EventRecord, StreamStore
+from homeserver.storage.rooms import RoomStore
+from homeserver.storage.streams import StreamStore
 
-__all__ = ["Delivery", "MainProcess", "ProcessOptions", "Worker", "WorkerConsumer"]
+__all__ = [
+    "DEFAULT_ROOM_VERSION",
+    "EVENT_TABLES",
+    "Delivery",
+    "MainProcess",
+    "ProcessOptions",
+    "Worker",
+    "WorkerConsumer",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +66,11 @@ def _own_context(name: str) -> contextlib.AbstractContextManager[Any]:
     return _instrument.logging_context(name)
 
 
-EVENT_TABLES = [("event_stream", "stream_ordering")]
+# The events stream's IDs live in the event store (`events.stream_ordering`).
+EVENT_TABLES = EVENT_STREAM_TABLES
+# Version given to a room that `send_event` meets first (rooms created through
+# `PUT /_hs/rooms/{room_id}` carry their own).
+DEFAULT_ROOM_VERSION = "10"
 STREAM_NAMES = ("device_lists", "events", "typing")
 
 
@@ -118,6 +133,7 @@ class MainProcess:
         self.instance_name = instance_name
         self.db: Any = None
         self.store: StreamStore
+        self.event_store: EventStore
         self.events_gen: StreamIdGenerator
         self.devices_gen: StreamIdGenerator
         self.typing = TypingWriter(instance_name)
@@ -128,6 +144,7 @@ class MainProcess:
         self.bus: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._persisted: dict[str, int] = {}
+        self._known_rooms: set[str] = set()
 
     @property
     def replication_port(self) -> int:
@@ -150,6 +167,7 @@ class MainProcess:
         self.devices_gen = await StreamIdGenerator.create(
             self.db, "device_lists", DEVICE_LIST_TABLES, instance_name=self.instance_name
         )
+        self.event_store = EventStore(self.db, stream_ids=self.events_gen)
 
     async def _start(self) -> None:
         opts = self.options
@@ -247,28 +265,33 @@ class MainProcess:
         extra_state: Sequence[tuple[str, str, str | None]] = (),
         event_id: str | None = None,
     ) -> tuple[str, int]:
-        """Persist an event (and its current-state deltas); return ``(event_id, ordering)``."""
+        """Persist an event through the event store; return ``(event_id, stream_ordering)``.
+
+        The event joins the ``events`` stream; a state event also changes the room's current
+        state (a ``state`` row at its ordering), as do ``extra_state`` entries ``(type,
+        state_key, event_id | None)`` (e.g. a resolved fork; ``None`` removes the key). A
+        room not stored yet is created with :data:`DEFAULT_ROOM_VERSION`.
+        """
         event_id = event_id or f"${uuid.uuid4().hex}"
-        membership = (content or {}).get("membership") if event_type == "m.room.member" else None
-        record: EventRecord = (
-            event_id,
-            room_id,
-            event_type,
-            state_key,
-            None,
-            None,
-            membership,
-            False,
-            False,
-        )
-        deltas = list(extra_state)
+        event: dict[str, Any] = {
+            "event_id": event_id,
+            "room_id": room_id,
+            "type": event_type,
+            "sender": sender,
+            "content": content or {},
+            "origin_server_ts": int(time.time() * 1000),
+            "auth_events": [],
+            "prev_events": [],
+        }
         if state_key is not None:
-            deltas.insert(0, (event_type, state_key, event_id))
-        body = json.dumps({"sender": sender, "content": content or {}})
+            event["state_key"] = state_key
+        changes = {(t, k): e for t, k, e in extra_state}
         with _own_context("send_event"):
-            async with self.events_gen.get_next() as ordering:
-                await self.store.persist_event(ordering, record, deltas, self.instance_name, body)
-        return event_id, ordering
+            if room_id not in self._known_rooms:
+                await RoomStore(self.db).store_room(room_id, DEFAULT_ROOM_VERSION, overwrite=False)
+                self._known_rooms.add(room_id)
+            batch = await self.event_store.persist_batch(room_id, [event], state_changes=changes)
+        return event_id, batch.stream_orderings[event_id]
 
     async def change_devices(self, user_id: str, device_ids: Sequence[str], hosts: Sequence[str] = ()) -> int:
         """Record a device-list change; return the last stream ID used."""

@@ -2,7 +2,7 @@
 
 Main process (documented in ``docs/homeserver-replication.md``):
 
-- ``POST /_hs/events`` — write an event into the ``events`` stream
+- ``POST /_hs/events`` — persist an event (event store), which puts it on the ``events`` stream
 - ``PUT /_hs/devices/{user_id}`` — change a user's devices (``device_lists``)
 - ``PUT /_hs/typing/{room_id}/{user_id}`` — start/stop typing (``typing``)
 - ``GET /_hs/status`` — stream positions and replication connections

@@ -6,7 +6,8 @@ request runs in its own logging context, writes an access line and is a server s
 handler carries :func:`logcontext.web.request_handler`, which names it.
 
 - ``PUT /_hs/rooms/{room_id}`` ``{"room_version": "10", "events": [PDU, ...]}`` — store the
-  room's version and its first events (event store) and write them to the ``events`` stream;
+  room's version and its first events in the event store, which puts them on the ``events``
+  stream (one transaction; each event's ``stream_ordering`` is in the response);
 - ``POST /_hs/rooms/{room_id}/events`` ``{"events": [PDU, ...]}`` — more events of a known
   room (e.g. one fork of its DAG);
 - ``POST /_hs/rooms/{room_id}/state`` ``{"state_sets": [[[type, state_key, event_id], ...],
@@ -95,16 +96,12 @@ class _Rooms:
 
     def __init__(self, main: MainProcess) -> None:
         self.main = main
-        self._events: EventStore | None = None
         self._invites: InviteHandler | None = None
 
     @property
     def events(self) -> EventStore:
-        if self._events is None:
-            from homeserver.storage.events import EventStore
-
-            self._events = EventStore(self.main.db)
-        return self._events
+        # The main process's store: it allocates stream orderings from the events generator.
+        return self.main.event_store
 
     @property
     def invites(self) -> InviteHandler:
@@ -115,20 +112,16 @@ class _Rooms:
         return self._invites
 
     async def _persist(self, room_id: str, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Store ``events`` in the event store, then each in the ``events`` stream (in order)."""
-        pdus = await self.events.persist_events(room_id, events)
-        out = []
-        for pdu in pdus:
-            _, ordering = await self.main.send_event(
-                room_id,
-                pdu.type,
-                pdu.sender,
-                state_key=pdu.state_key,
-                content=dict(pdu.content),
-                event_id=pdu.event_id,
-            )
-            out.append({"event_id": pdu.event_id, "stream_ordering": ordering, "auth_rank": pdu.auth_rank})
-        return out
+        """Store ``events`` in the event store; they join the ``events`` stream in the order given."""
+        batch = await self.events.persist_batch(room_id, events)
+        return [
+            {
+                "event_id": pdu.event_id,
+                "stream_ordering": batch.stream_orderings.get(pdu.event_id),
+                "auth_rank": pdu.auth_rank,
+            }
+            for pdu in batch.pdus
+        ]
 
     @request_handler("RoomCreateServlet")
     async def put_room(self, request: web.Request) -> web.Response:

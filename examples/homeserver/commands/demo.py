@@ -241,9 +241,9 @@ def _db_tokens(dsn: str, baseline: dict[str, int], final: dict[str, int]) -> dic
     """Rows per stream token in the database, for tokens in ``(baseline, final]``."""
     queries = {
         "events": (
-            "SELECT stream_ordering FROM event_stream WHERE instance_name = 'master'"
+            "SELECT stream_ordering FROM events WHERE instance_name = 'master'"
             " AND stream_ordering > {p} AND stream_ordering <= {p}",
-            "SELECT stream_id FROM event_stream_state_deltas WHERE instance_name = 'master'"
+            "SELECT stream_id FROM current_state_delta_stream WHERE instance_name = 'master'"
             " AND stream_id > {p} AND stream_id <= {p}",
         ),
         "device_lists": (

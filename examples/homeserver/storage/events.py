@@ -1,5 +1,11 @@
 """Event store: events with their auth rank, auth and prev edges, state groups, memberships.
 
+It is also the source of the replication ``events`` stream (spec §3.2, §4.1): an event
+persisted as a non-outlier gets a ``stream_ordering`` from the events stream ID generator, and
+a change of its room's current state (``current_state_events``) is recorded in
+``current_state_delta_stream`` at that ordering, in the same transaction. Outliers get no
+ordering and change no current state.
+
 Every ``*_txn`` function takes a DB-API cursor and runs inside
 ``await pool.run_interaction(desc, fn, *args)`` (portable SQL with ``?`` placeholders; the
 pool converts them for PostgreSQL). `EventStore` wraps them over a
@@ -13,6 +19,7 @@ import asyncio
 import json
 from collections import OrderedDict
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from homeserver.state import (
@@ -27,11 +34,17 @@ from homeserver.state import (
 )
 from homeserver.state.chain_index import ChainCoverIndex
 
+from .id_generators import StreamIdGenerator
 from .rooms import get_room_version_txn
 
 __all__ = [
+    "EVENT_STREAM_TABLES",
+    "EventRow",
     "EventStore",
+    "PersistedBatch",
+    "event_stream_fields",
     "get_auth_nodes_txn",
+    "get_current_state_txn",
     "get_event_rows_txn",
     "get_membership_txn",
     "get_state_group_txn",
@@ -42,6 +55,35 @@ __all__ = [
 ]
 
 _BATCH = 100
+
+# Every (table, column) holding IDs of the events stream (the generator starts above their MAX).
+EVENT_STREAM_TABLES = [("events", "stream_ordering")]
+
+# (pdu, json, depth, outlier, redacts) of one event to store.
+EventRow = tuple[PDU, str, int, bool, str | None]
+
+
+def event_stream_fields(d: Mapping[str, Any]) -> tuple[str | None, str | None, str | None]:
+    """``(redacts, relates_to, membership)`` of a JSON event, as the stream's ``ev`` row has them.
+
+    ``redacts`` is the top-level key (room versions < 11) or ``content.redacts`` (11+);
+    ``relates_to`` is ``content["m.relates_to"].event_id``; ``membership`` that of a member event.
+    Values that are not strings count as absent.
+    """
+    content = d.get("content")
+    if not isinstance(content, Mapping):
+        content = {}
+    redacts = d.get("redacts")
+    if not isinstance(redacts, str):
+        redacts = content.get("redacts")
+    relation = content.get("m.relates_to")
+    relates_to = relation.get("event_id") if isinstance(relation, Mapping) else None
+    membership = content.get("membership") if d.get("type") == "m.room.member" else None
+    return (
+        redacts if isinstance(redacts, str) else None,
+        relates_to if isinstance(relates_to, str) else None,
+        membership if isinstance(membership, str) else None,
+    )
 
 
 def _chunks(ids: Sequence[str], n: int = _BATCH) -> Iterable[Sequence[str]]:
@@ -60,17 +102,62 @@ def _ranks_txn(txn: Any, ids: Sequence[str]) -> dict[str, int]:
     return out
 
 
-def persist_events_txn(txn: Any, rows: Sequence[tuple[PDU, str, int, bool]]) -> dict[str, int]:
-    """Store ``(pdu, json, depth, outlier)`` rows; return each new event's auth rank.
+def _stored_txn(txn: Any, ids: Sequence[str]) -> dict[str, tuple[int, bool, int | None]]:
+    """``(auth_rank, outlier, stream_ordering)`` of the stored events among ``ids``."""
+    out: dict[str, tuple[int, bool, int | None]] = {}
+    for chunk in _chunks(ids):
+        txn.execute(
+            "SELECT event_id, auth_rank, outlier, stream_ordering FROM events"
+            f" WHERE event_id IN ({','.join('?' * len(chunk))})",
+            tuple(chunk),
+        )
+        out.update(
+            (r[0], (int(r[1]), bool(r[2]), None if r[3] is None else int(r[3]))) for r in txn.fetchall()
+        )
+    return out
+
+
+def persist_events_txn(
+    txn: Any,
+    rows: Sequence[EventRow],
+    *,
+    orderings: Sequence[int] = (),
+    instance: str = "master",
+    state_changes: Mapping[StateKey, str | None] | None = None,
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Store ``(pdu, json, depth, outlier, redacts)`` rows; return ``(new ranks, orderings)``.
 
     Rank = 1 + the highest rank among its auth events (stored, or earlier in the batch);
-    unknown auth events count 0. Events already stored are left as they are.
+    unknown auth events count 0. Events already stored are left as they are, except that an
+    outlier persisted again as a non-outlier is de-outliered (it joins the stream).
+
+    Each new non-outlier event takes the next of ``orderings`` (the caller allocated them
+    from the events stream ID generator; unused ones are gaps), in the order of ``rows``;
+    an accepted state event among them that changes its room's current state records the
+    change in ``current_state_delta_stream`` at its ordering. ``state_changes`` (e.g. the
+    result of resolving the room's forks; ``None`` removes a key) are applied at the
+    batch's last new ordering. The returned orderings cover every non-outlier event of
+    the batch, new or already stored.
     """
     batch = {r[0].event_id: r for r in rows}
-    existing = _ranks_txn(txn, list(batch))
+    stored = _stored_txn(txn, list(batch))
+    existing = {e: v[0] for e, v in stored.items()}
     cited = sorted({a for r in rows for a in r[0].auth_event_ids} - batch.keys())
     ranks = _ranks_txn(txn, cited)
     ranks.update(existing)
+    # Stream orderings, in batch order: new non-outliers and de-outliered events.
+    free = iter(orderings)
+    assigned: dict[str, int] = {}
+    for eid, row in batch.items():
+        if row[3]:
+            continue
+        have = stored.get(eid)
+        if have is not None and not have[1]:
+            continue
+        so = next(free, None)
+        if so is None:
+            raise ValueError(f"no stream ordering left for {eid}: allocate one per non-outlier event")
+        assigned[eid] = so
     # Order the batch so auth events come first (iterative; cycles refused).
     done: set[str] = set(existing)
     order: list[str] = []
@@ -97,13 +184,15 @@ def persist_events_txn(txn: Any, rows: Sequence[tuple[PDU, str, int, bool]]) -> 
             order.append(eid)
     new_ranks: dict[str, int] = {}
     for eid in order:
-        pdu, raw, depth, outlier = batch[eid]
+        pdu, raw, depth, outlier, redacts = batch[eid]
         rank = 1 + max((ranks.get(a, 0) for a in pdu.auth_event_ids), default=0)
         ranks[eid] = new_ranks[eid] = pdu.auth_rank = rank
+        _, relates_to, membership = event_stream_fields({"type": pdu.type, "content": pdu.content})
         txn.execute(
             "INSERT INTO events (event_id, room_id, type, state_key, sender, origin_server_ts,"
-            " depth, auth_rank, outlier, rejected_reason, json)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " depth, auth_rank, outlier, rejected_reason, json, stream_ordering, instance_name,"
+            " redacts, relates_to, membership)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 eid,
                 pdu.room_id,
@@ -116,6 +205,11 @@ def persist_events_txn(txn: Any, rows: Sequence[tuple[PDU, str, int, bool]]) -> 
                 outlier,
                 pdu.rejected_reason,
                 raw,
+                assigned.get(eid),
+                instance,
+                redacts,
+                relates_to,
+                membership,
             ),
         )
         txn.executemany(
@@ -126,8 +220,75 @@ def persist_events_txn(txn: Any, rows: Sequence[tuple[PDU, str, int, bool]]) -> 
             "INSERT INTO event_edges (event_id, idx, prev_event_id) VALUES (?, ?, ?)",
             [(eid, i, p) for i, p in enumerate(pdu.prev_event_ids)],
         )
+    for eid, so in assigned.items():
+        if eid in stored:  # de-outlier: the caller's verdict on rejection is the newer one
+            txn.execute(
+                "UPDATE events SET outlier = ?, stream_ordering = ?, instance_name = ?,"
+                " rejected_reason = ? WHERE event_id = ?",
+                (False, so, instance, batch[eid][0].rejected_reason, eid),
+            )
     _repair_ranks_txn(txn, new_ranks, ranks)
-    return new_ranks
+    if assigned:
+        _update_current_state_txn(txn, batch, assigned, instance, state_changes or {})
+    elif state_changes:
+        raise ValueError("state_changes need a new non-outlier event in the batch to carry them")
+    out = {e: v[2] for e, v in stored.items() if v[2] is not None and e not in assigned}
+    out.update(assigned)
+    return new_ranks, out
+
+
+def _update_current_state_txn(
+    txn: Any,
+    batch: Mapping[str, EventRow],
+    assigned: Mapping[str, int],
+    instance: str,
+    state_changes: Mapping[StateKey, str | None],
+) -> None:
+    """Apply the batch's current-state changes in stream order; one delta row per change."""
+    changes: list[tuple[int, str, str, str, str | None]] = []
+    for eid, so in assigned.items():
+        pdu = batch[eid][0]
+        if pdu.state_key is not None and pdu.rejected_reason is None and pdu.room_id is not None:
+            changes.append((so, pdu.room_id, pdu.type, pdu.state_key, eid))
+    if state_changes:
+        last = max(assigned.values())
+        room = next(batch[e][0].room_id for e, so in assigned.items() if so == last)
+        assert room is not None
+        changes.extend((last, room, t, k, e) for (t, k), e in state_changes.items())
+    current: dict[tuple[str, str, str], str | None] = {}
+    for so, room, typ, key, eid in changes:
+        k = (room, typ, key)
+        if k not in current:
+            txn.execute(
+                "SELECT event_id FROM current_state_events WHERE room_id = ? AND type = ? AND state_key = ?",
+                k,
+            )
+            row = txn.fetchone()
+            current[k] = None if row is None else row[0]
+        if current[k] == eid:
+            continue
+        if eid is None:
+            txn.execute(
+                "DELETE FROM current_state_events WHERE room_id = ? AND type = ? AND state_key = ?", k
+            )
+        else:
+            txn.execute(
+                "INSERT INTO current_state_events (room_id, type, state_key, event_id) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (room_id, type, state_key) DO UPDATE SET event_id = excluded.event_id",
+                (*k, eid),
+            )
+        txn.execute(
+            "INSERT INTO current_state_delta_stream (stream_id, room_id, type, state_key, event_id,"
+            " instance_name) VALUES (?, ?, ?, ?, ?, ?)",
+            (so, *k, eid, instance),
+        )
+        current[k] = eid
+
+
+def get_current_state_txn(txn: Any, room_id: str) -> dict[StateKey, str]:
+    """The room's current state map."""
+    txn.execute("SELECT type, state_key, event_id FROM current_state_events WHERE room_id = ?", (room_id,))
+    return {(t, k): e for t, k, e in txn.fetchall()}
 
 
 def _repair_ranks_txn(txn: Any, new_ranks: dict[str, int], ranks: dict[str, int]) -> None:
@@ -324,11 +485,33 @@ class _RoomSource:
         return self.store._indexes.get(self.room_id)
 
 
-class EventStore:
-    """Async event store over a `logcontext.db.DatabasePool` (apply the schema first)."""
+@dataclass
+class PersistedBatch:
+    """What :meth:`EventStore.persist_batch` stored: the PDUs (in the order given) and the
+    stream ordering of each non-outlier event of the batch (new or already stored)."""
 
-    def __init__(self, pool: Any, *, cache_size: int = 100_000):
+    pdus: list[PDU]
+    stream_orderings: dict[str, int] = field(default_factory=dict)
+
+
+class EventStore:
+    """Async event store over a `logcontext.db.DatabasePool` (apply the schema first).
+
+    ``stream_ids`` is the events stream ID generator (the main process passes its own, so
+    each persist advances the stream and pokes the streamer); without one the store creates
+    one from the database when it first persists a non-outlier.
+    """
+
+    def __init__(
+        self,
+        pool: Any,
+        *,
+        cache_size: int = 100_000,
+        stream_ids: StreamIdGenerator | None = None,
+    ):
         self.pool = pool
+        self.stream_ids = stream_ids
+        self._stream_ids_lock: asyncio.Lock | None = None
         self._events = _LRU(cache_size)
         self._nodes = _LRU(cache_size)
         self._indexes: dict[str, ChainCoverIndex] = {}
@@ -337,6 +520,17 @@ class EventStore:
         # pick the same one on PostgreSQL (READ COMMITTED), so this process's
         # allocations go one at a time (the main process is the only writer).
         self._state_group_lock: asyncio.Lock | None = None
+
+    async def _stream_id_gen(self) -> StreamIdGenerator:
+        if self.stream_ids is None:
+            if self._stream_ids_lock is None:
+                self._stream_ids_lock = asyncio.Lock()
+            async with self._stream_ids_lock:
+                if self.stream_ids is None:
+                    self.stream_ids = await StreamIdGenerator.create(
+                        self.pool, "events", EVENT_STREAM_TABLES, persist=False
+                    )
+        return self.stream_ids
 
     async def persist_events(
         self,
@@ -347,37 +541,75 @@ class EventStore:
         outlier: bool = False,
     ) -> list[PDU]:
         """Parse (with the room's stored version) and store events; return their PDUs."""
+        return (await self.persist_batch(room_id, events, rejected=rejected, outlier=outlier)).pdus
+
+    async def persist_batch(
+        self,
+        room_id: str,
+        events: Iterable[Mapping[str, Any]],
+        *,
+        rejected: Mapping[str, str] | None = None,
+        outlier: bool = False,
+        state_changes: Mapping[StateKey, str | None] | None = None,
+    ) -> PersistedBatch:
+        """Parse and store events in one transaction; non-outliers join the ``events`` stream.
+
+        Stream orderings follow the order of ``events``; ``state_changes`` are further
+        current-state changes (``None`` removes a key) recorded at the batch's last ordering
+        (see :func:`persist_events_txn`).
+        """
         version = await self.pool.run_interaction("get_room_version", get_room_version_txn, room_id)
         if version is None:
             raise LookupError(f"unknown room {room_id}: store its version first")
         rules = rules_for(version)
         rejected = rejected or {}
-        rows = []
+        rows: list[EventRow] = []
         for d in events:
             pdu = pdu_from_dict(d, rules, rejected_reason=rejected.get(str(d.get("event_id"))))
             if pdu.room_id != room_id:
                 raise ValueError(f"event {pdu.event_id} is in {pdu.room_id!r}, not {room_id!r}")
             depth = d.get("depth", 0)
-            rows.append((pdu, json.dumps(d, ensure_ascii=False), depth if type(depth) is int else 0, outlier))
-        ranks = await self.pool.run_interaction("persist_events", persist_events_txn, rows)
-        stored = {pdu.event_id for pdu, _, _, _ in rows if pdu.event_id in ranks}
+            raw = json.dumps(d, ensure_ascii=False)
+            redacts = event_stream_fields(d)[0]
+            rows.append((pdu, raw, depth if type(depth) is int else 0, outlier, redacts))
+        if state_changes and (outlier or not rows):
+            raise ValueError("state_changes need a non-outlier event in the batch to carry them")
+        if outlier or not rows:
+            ranks, orderings = await self.pool.run_interaction("persist_events", persist_events_txn, rows)
+        else:
+            gen = await self._stream_id_gen()
+            async with gen.get_next_mult(len(rows)) as ids:
+                ranks, orderings = await self.pool.run_interaction(
+                    "persist_events",
+                    persist_events_txn,
+                    rows,
+                    orderings=ids,
+                    instance=gen.instance_name,
+                    state_changes=state_changes,
+                )
+        stored = {r[0].event_id for r in rows if r[0].event_id in ranks}
         if room_id in self._counts:
             self._counts[room_id] += len(stored)
         for eid in set(ranks) - stored:  # older events re-ranked: forget their cached copies
             self._events.pop(eid, None)
             self._nodes.pop(eid, None)
+        for r in rows:  # de-outliered: its rejection may have changed
+            if r[0].event_id not in stored and r[0].event_id in orderings:
+                self._events.pop(r[0].event_id, None)
         idx = self._indexes.get(room_id)
         if idx is not None and any(e in idx.dangling for e in stored):
             # An auth event arrived after events citing it: rebuild the index when next used.
             del self._indexes[room_id]
             idx = None
-        for pdu, _, _, _ in rows:
+        for r in rows:
+            pdu = r[0]
             if pdu.event_id in stored:
                 self._events.put(pdu.event_id, pdu)
                 self._nodes.put(pdu.event_id, (pdu.auth_rank, pdu.auth_event_ids))
         if idx is not None:
             added = []
-            for pdu, _, _, _ in sorted(rows, key=lambda r: r[0].auth_rank):
+            for r in sorted(rows, key=lambda r: r[0].auth_rank):
+                pdu = r[0]
                 if pdu.event_id in stored:
                     c, s = idx.add(pdu.event_id, pdu.type, pdu.state_key, pdu.auth_event_ids)
                     added.append((pdu.event_id, c, s))
@@ -389,7 +621,14 @@ class EventStore:
                 idx.take_new_links(),
                 replace=False,
             )
-        return [r[0] for r in rows]
+        return PersistedBatch([r[0] for r in rows], orderings)
+
+    async def get_current_state(self, room_id: str) -> dict[StateKey, str]:
+        """The room's current state (see ``current_state_events``)."""
+        result: dict[StateKey, str] = await self.pool.run_interaction(
+            "get_current_state", get_current_state_txn, room_id
+        )
+        return result
 
     async def get_events(self, ids: Collection[str]) -> dict[str, PDU]:
         """Stored events by ID (rejected ones included and flagged; unknown IDs absent)."""

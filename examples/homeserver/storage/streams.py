@@ -1,6 +1,8 @@
 """Database side of the replication streams (spec §3.2, §4.1).
 
-Transaction functions take a DB-API cursor and ``q`` (the placeholder
+The ``events`` stream has no table of its own: it reads the event store's ``events`` (rows
+with a ``stream_ordering``, written by :mod:`homeserver.storage.events`) and
+``current_state_delta_stream``.  Transaction functions take a DB-API cursor and ``q`` (the placeholder
 converter) so they run unchanged on SQLite and PostgreSQL; :class:`StreamStore`
 wraps them for a pool with ``run_interaction``.  Paging always orders by the
 stream token and never ends a page in the middle of a token.
@@ -9,18 +11,18 @@ stream token and never ends a page in the middle of a token.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from homeserver.storage.id_generators import param_converter, read_position_txn
 
 __all__ = [
     "DEVICE_LIST_UPDATES_SQL",
-    "EventRecord",
+    "EVENT_ROWS_SQL",
+    "STATE_DELTA_ROWS_SQL",
     "StreamStore",
     "get_device_list_updates_txn",
     "get_event_updates_txn",
-    "persist_event_txn",
 ]
 
 logger = logging.getLogger(__name__)
@@ -31,9 +33,6 @@ Update = tuple[int, list[Any]]
 # Test hook (#12321): with False the device-list union has LIMIT without ORDER BY,
 # the bug that could skip rows; a test proves the catch-up then loses rows.
 ORDER_DEVICE_LIST_UNION = True
-
-# (event_id, room_id, type, state_key, redacts, relates_to, membership, rejected, outlier)
-EventRecord = tuple[str, str, str, str | None, str | None, str | None, str | None, bool, bool]
 
 
 # One page of the device-list stream. Each side is bounded by its own
@@ -74,6 +73,23 @@ def get_device_list_updates_txn(
     return updates, last, True
 
 
+# The events stream's `ev` rows: events of the event store that have a stream ordering
+# (non-outliers). `rejected` is derived from `rejected_reason`. Parameters: instance, from,
+# upto; callers append the ORDER BY / LIMIT.
+EVENT_ROWS_SQL = (
+    "SELECT stream_ordering, event_id, room_id, type, state_key, redacts, relates_to,"
+    " membership, rejected_reason IS NOT NULL, outlier FROM events"
+    " WHERE instance_name = ? AND stream_ordering > ? AND stream_ordering <= ?"
+)
+
+# Its `state` rows: current-state changes, at the ordering of the event that made them.
+STATE_DELTA_ROWS_SQL = (
+    "SELECT stream_id, room_id, type, state_key, event_id FROM current_state_delta_stream"
+    " WHERE instance_name = ? AND stream_id > ? AND stream_id <= ?"
+)
+_STATE_ORDER = " ORDER BY stream_id, room_id, type, state_key"
+
+
 def get_event_updates_txn(
     txn: Any, q: Q, instance: str, from_token: int, upto_token: int, target: int
 ) -> tuple[list[Update], int, bool]:
@@ -85,29 +101,19 @@ def get_event_updates_txn(
     """
     ev_limit = max(1, target // 2)
     txn.execute(
-        q(
-            "SELECT stream_ordering, event_id, room_id, type, state_key, redacts, relates_to,"
-            " membership, rejected, outlier FROM event_stream"
-            " WHERE instance_name = ? AND stream_ordering > ? AND stream_ordering <= ?"
-            " ORDER BY stream_ordering LIMIT ?"
-        ),
-        (instance, from_token, upto_token, ev_limit),
+        q(EVENT_ROWS_SQL + " ORDER BY stream_ordering LIMIT ?"), (instance, from_token, upto_token, ev_limit)
     )
     events = txn.fetchall()
     cap = upto_token
     if len(events) == ev_limit:
         cap = int(events[-1][0])
     budget = max(1, target - len(events))
-    state_sql = (
-        "SELECT stream_id, room_id, type, state_key, event_id FROM event_stream_state_deltas"
-        " WHERE instance_name = ? AND stream_id > ? AND stream_id <= ?"
-    )
-    txn.execute(q(state_sql + " ORDER BY stream_id LIMIT ?"), (instance, from_token, cap, budget))
+    txn.execute(q(STATE_DELTA_ROWS_SQL + _STATE_ORDER + " LIMIT ?"), (instance, from_token, cap, budget))
     state = txn.fetchall()
     if len(state) == budget:
         last = int(state[-1][0])
         if int(state[0][0]) == last:
-            txn.execute(q(state_sql + " ORDER BY stream_id"), (instance, last - 1, last))
+            txn.execute(q(STATE_DELTA_ROWS_SQL + _STATE_ORDER), (instance, last - 1, last))
             state = txn.fetchall()
             cap = last
         else:
@@ -124,49 +130,6 @@ def get_event_updates_txn(
     merged.sort(key=lambda m: (m[0], m[1]))
     updates = [(t, row) for t, _, row in merged]
     return updates, cap, cap < upto_token
-
-
-def persist_event_txn(
-    txn: Any,
-    q: Q,
-    stream_ordering: int,
-    event: EventRecord,
-    state_deltas: Sequence[tuple[str, str, str | None]],
-    instance: str,
-    content: str | None = None,
-) -> None:
-    """Insert one event and its current-state deltas (which share its ordering)."""
-    eid, room, typ, skey, redacts, relates, membership, rejected, outlier = event
-    txn.execute(
-        q(
-            "INSERT INTO event_stream (stream_ordering, event_id, room_id, type, state_key,"
-            " redacts, relates_to, membership, rejected, outlier, instance_name, content)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        ),
-        (
-            stream_ordering,
-            eid,
-            room,
-            typ,
-            skey,
-            redacts,
-            relates,
-            membership,
-            rejected,
-            outlier,
-            instance,
-            content,
-        ),
-    )
-    for typ_, skey_, event_id in state_deltas:
-        txn.execute(
-            q(
-                "INSERT INTO event_stream_state_deltas"
-                " (stream_id, room_id, type, state_key, event_id, instance_name)"
-                " VALUES (?, ?, ?, ?, ?, ?)"
-            ),
-            (stream_ordering, room, typ_, skey_, event_id, instance),
-        )
 
 
 class StreamStore:
@@ -213,22 +176,3 @@ class StreamStore:
             logger.info("No stored position for %s/%s: starting at 0", stream, instance)
             return 0
         return pos
-
-    async def persist_event(
-        self,
-        stream_ordering: int,
-        event: EventRecord,
-        state_deltas: Sequence[tuple[str, str, str | None]],
-        instance: str,
-        content: str | None = None,
-    ) -> None:
-        await self.db.run_interaction(
-            "persist_event",
-            persist_event_txn,
-            self.q,
-            stream_ordering,
-            event,
-            state_deltas,
-            instance,
-            content,
-        )

@@ -174,14 +174,15 @@ def _check(
         ev: dict[int, list[Any]] = {}
         for row in conn.execute(
             "SELECT stream_ordering, event_id, room_id, type, state_key, redacts, relates_to,"
-            " membership, rejected, outlier FROM event_stream"
+            " membership, rejected_reason IS NOT NULL, outlier FROM events"
+            " WHERE stream_ordering IS NOT NULL"
         ):
             so, *fields = row
             fields[-2:] = [bool(fields[-2]), bool(fields[-1])]
             ev.setdefault(so, []).insert(0, ["ev", fields])
         for so, room, typ, skey, eid in conn.execute(
-            "SELECT stream_id, room_id, type, state_key, event_id FROM event_stream_state_deltas"
-            " ORDER BY rowid"
+            "SELECT stream_id, room_id, type, state_key, event_id FROM current_state_delta_stream"
+            " ORDER BY stream_id, room_id, type, state_key"
         ):
             ev.setdefault(so, []).append(["state", [room, typ, skey, eid]])
     finally:

@@ -22,7 +22,9 @@ from homeserver.replication.streams import (
 )
 from homeserver.storage import streams as storage_streams
 from homeserver.storage.devices import DEVICE_LIST_TABLES, add_device_change_to_streams
+from homeserver.storage.events import EventStore
 from homeserver.storage.id_generators import StreamIdGenerator, param_converter, read_position_txn
+from homeserver.storage.rooms import RoomStore
 from homeserver.storage.streams import StreamStore
 
 from logcontext import LoggingContext
@@ -154,13 +156,13 @@ async def test_device_union_without_order_by_loses_rows(pool: Any, monkeypatch: 
 
 
 async def _write_events(pool: Any, gen: StreamIdGenerator, spec: list[int]) -> None:
-    """One event per entry; entry n = number of extra state rows sharing its token."""
-    store = StreamStore(pool)
+    """One event per entry (through the event store); entry n = state rows sharing its token."""
+    await RoomStore(pool).store_room("!r:x", "10")
+    store = EventStore(pool, stream_ids=gen)
     for i, n_state in enumerate(spec):
-        async with gen.get_next() as so:
-            deltas = [("m.x", f"k{i}-{j}", f"$s{i}-{j}") for j in range(n_state)]
-            record = (f"$e{i}", "!r:x", "m.room.message", None, None, None, None, False, False)
-            await store.persist_event(so, record, deltas, "master")
+        changes = {("m.x", f"k{i}-{j}"): f"$s{i}-{j}" for j in range(n_state)}
+        event = {"event_id": f"$e{i}", "room_id": "!r:x", "type": "m.room.message", "sender": "@a:x"}
+        await store.persist_batch("!r:x", [event], state_changes=changes)
 
 
 async def test_event_paging_never_splits_a_token(pool: Any) -> None:

@@ -1,5 +1,8 @@
 -- Event store: rooms, events with their auth rank, auth and prev edges, state maps
--- (state groups), local memberships. Portable SQLite / PostgreSQL.
+-- (state groups), local memberships, the rooms' current state. Portable SQLite /
+-- PostgreSQL. The replication `events` stream reads `events` (by stream_ordering)
+-- and `current_state_delta_stream`; columns added after the first release are
+-- listed in `schema/__init__.py` (UPGRADE_COLUMNS) so older databases get them.
 
 CREATE TABLE IF NOT EXISTS rooms (
     room_id TEXT NOT NULL PRIMARY KEY,
@@ -20,9 +23,39 @@ CREATE TABLE IF NOT EXISTS events (
     outlier BOOLEAN NOT NULL DEFAULT FALSE,
     rejected_reason TEXT,
     redacted_by TEXT,
-    json TEXT NOT NULL
+    json TEXT NOT NULL,
+    -- Position on the `events` stream (events stream ID generator); NULL for outliers.
+    stream_ordering BIGINT,
+    instance_name TEXT NOT NULL DEFAULT 'master',
+    redacts TEXT,
+    relates_to TEXT,
+    membership TEXT
 );
 CREATE INDEX IF NOT EXISTS events_room_state ON events (room_id, type, state_key);
+CREATE UNIQUE INDEX IF NOT EXISTS events_stream_ordering ON events (stream_ordering);
+CREATE INDEX IF NOT EXISTS events_room_stream_ordering ON events (room_id, stream_ordering);
+
+-- The rooms' current state (last accepted non-outlier state event per key, or
+-- what the persisting caller resolved), and its changes: one row per changed key,
+-- stream_id = the stream ordering of the event that changed it; event_id NULL =
+-- the key was removed.
+CREATE TABLE IF NOT EXISTS current_state_events (
+    room_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    state_key TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    PRIMARY KEY (room_id, type, state_key)
+);
+
+CREATE TABLE IF NOT EXISTS current_state_delta_stream (
+    stream_id BIGINT NOT NULL,
+    room_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    state_key TEXT NOT NULL,
+    event_id TEXT,
+    instance_name TEXT NOT NULL DEFAULT 'master'
+);
+CREATE INDEX IF NOT EXISTS current_state_delta_stream_id ON current_state_delta_stream (stream_id);
 
 CREATE TABLE IF NOT EXISTS event_auth (
     event_id TEXT NOT NULL,

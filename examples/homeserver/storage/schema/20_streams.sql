@@ -1,6 +1,7 @@
 -- Replication streams: device lists (#7010: one row per stream ID across both
--- tables), persisted stream positions, and a minimal event stream used until
--- the event store's own `events` table carries the stream ordering.
+-- tables) and persisted stream positions. The `events` stream has no table of
+-- its own: it reads the event store's `events` and `current_state_delta_stream`
+-- (10_events.sql).
 
 CREATE TABLE IF NOT EXISTS device_lists_stream (
     stream_id BIGINT NOT NULL UNIQUE,
@@ -31,31 +32,3 @@ CREATE TABLE IF NOT EXISTS stream_positions (
     stream_id BIGINT NOT NULL,
     PRIMARY KEY (stream_name, instance_name)
 );
-
--- Minimal events stream (one row per event, keyed by its stream ordering) and
--- its current-state deltas, which share the event's ordering.
-CREATE TABLE IF NOT EXISTS event_stream (
-    stream_ordering BIGINT NOT NULL PRIMARY KEY,
-    event_id TEXT NOT NULL UNIQUE,
-    room_id TEXT NOT NULL,
-    type TEXT NOT NULL,
-    state_key TEXT,
-    redacts TEXT,
-    relates_to TEXT,
-    membership TEXT,
-    rejected BOOLEAN NOT NULL DEFAULT FALSE,
-    outlier BOOLEAN NOT NULL DEFAULT FALSE,
-    instance_name TEXT NOT NULL DEFAULT 'master',
-    content TEXT
-);
-CREATE INDEX IF NOT EXISTS event_stream_room ON event_stream (room_id, stream_ordering);
-
-CREATE TABLE IF NOT EXISTS event_stream_state_deltas (
-    stream_id BIGINT NOT NULL,
-    room_id TEXT NOT NULL,
-    type TEXT NOT NULL,
-    state_key TEXT NOT NULL,
-    event_id TEXT,
-    instance_name TEXT NOT NULL DEFAULT 'master'
-);
-CREATE INDEX IF NOT EXISTS event_stream_state_deltas_id ON event_stream_state_deltas (stream_id);
