@@ -19,6 +19,7 @@ import math
 import sys
 import threading
 import weakref
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -119,86 +120,106 @@ class ResolutionFigures:
         self.iac: dict[tuple[str, str], int] = {}
 
 
+class _Hist:
+    """Bucket counts and sum of one histogram child (cumulated at scrape time)."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self, n_buckets: int) -> None:
+        self.counts = [0] * (n_buckets + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+
 class StateMetrics:
-    """The state-resolution families of one registry (see the module docstring)."""
+    """The state-resolution families of one registry (see the module docstring).
+
+    Values are plain counters updated under one lock per resolution (`record`) and turned into
+    metric families at scrape time: recording a resolution costs a few microseconds.
+    """
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        import prometheus_client as pc
-
         self.registry = registry
-        self.seconds = pc.Histogram(
-            "state_res_seconds",
-            "Wall time of state resolutions (phase=total) and of their phases",
-            ["phase", "algorithm"],
-            buckets=SECONDS_BUCKETS,
-            registry=None,
-        )
-        self.full_conflicted = pc.Histogram(
-            "state_res_full_conflicted_events",
-            "Events in the full conflicted set of a resolution",
-            buckets=SIZE_BUCKETS,
-            registry=None,
-        )
-        self.auth_difference = pc.Histogram(
-            "state_res_auth_difference_events",
-            "Events in the auth difference of a resolution",
-            buckets=SIZE_BUCKETS,
-            registry=None,
-        )
-        self.iac = pc.Counter(
-            "state_res_iac",
-            "Events replayed by the iterative auth checks, by pass and outcome",
-            ["pass", "outcome"],
-            registry=None,
-        )
-        self.errors = pc.Counter(
-            "state_res_errors", "Failed resolutions by error category", ["category"], registry=None
-        )
-        self.methods = pc.Counter(
-            "state_res_auth_difference_method",
-            "Auth differences computed, by method",
-            ["method"],
-            registry=None,
-        )
-        self._families = (
-            self.seconds,
-            self.full_conflicted,
-            self.auth_difference,
-            self.iac,
-            self.errors,
-            self.methods,
-        )
-        # Children cached per label tuple: the hot path is a dict lookup, never .labels().
-        self._seconds = {(p, a): self.seconds.labels(p, a) for p in PHASES for a in ALGORITHMS}
-        self._iac = {(p, o): self.iac.labels(p, o) for p in IAC_PASSES for o in IAC_OUTCOMES}
-        self._errors = {c: self.errors.labels(c) for c in ERROR_CATEGORIES}
-        self._methods = {m: self.methods.labels(m) for m in METHODS}
+        self._lock = threading.Lock()
+        n = len(SECONDS_BUCKETS)
+        self.seconds: dict[tuple[str, str], _Hist] = {(p, a): _Hist(n) for p in PHASES for a in ALGORITHMS}
+        self.full_conflicted = _Hist(len(SIZE_BUCKETS))
+        self.auth_difference = _Hist(len(SIZE_BUCKETS))
+        self.iac: dict[tuple[str, str], int] = {(p, o): 0 for p in IAC_PASSES for o in IAC_OUTCOMES}
+        self.errors: dict[str, int] = dict.fromkeys(ERROR_CATEGORIES, 0)
+        self.methods: dict[str, int] = dict.fromkeys(METHODS, 0)
         self.collector = _Collector(self)
         self.registered = False
-
-    def _child(self, cache: dict[Any, Any], family: Any, key: Any) -> Any:
-        child = cache.get(key)
-        if child is None:
-            child = cache[key] = family.labels(*key) if isinstance(key, tuple) else family.labels(key)
-        return child
 
     def record(self, figures: ResolutionFigures, seconds: float, error: str | None) -> None:
         """Account one resolution (``error``: its category, ``None`` if it succeeded)."""
         alg = figures.algorithm
-        self._child(self._seconds, self.seconds, ("total", alg)).observe(seconds)
-        for phase, dt in figures.phase_seconds.items():
-            self._child(self._seconds, self.seconds, (phase, alg)).observe(dt)
-        if figures.full_set is not None:
-            self.full_conflicted.observe(figures.full_set)
-        if figures.auth_difference is not None:
-            self.auth_difference.observe(figures.auth_difference)
-        if figures.method is not None:
-            self._child(self._methods, self.methods, figures.method).inc()
-        for key, n in figures.iac.items():
-            if n:
-                self._child(self._iac, self.iac, key).inc(n)
-        if error is not None:
-            self._child(self._errors, self.errors, error).inc()
+        hists = self.seconds
+        nb = len(SECONDS_BUCKETS)
+        with self._lock:
+            for phase, dt in (("total", seconds), *figures.phase_seconds.items()):
+                h = hists.get((phase, alg))
+                if h is None:
+                    h = hists[(phase, alg)] = _Hist(nb)
+                h.counts[bisect_left(SECONDS_BUCKETS, dt)] += 1
+                h.sum += dt
+            if figures.full_set is not None:
+                h = self.full_conflicted
+                h.counts[bisect_left(SIZE_BUCKETS, figures.full_set)] += 1
+                h.sum += figures.full_set
+            if figures.auth_difference is not None:
+                h = self.auth_difference
+                h.counts[bisect_left(SIZE_BUCKETS, figures.auth_difference)] += 1
+                h.sum += figures.auth_difference
+            if figures.method is not None:
+                self.methods[figures.method] = self.methods.get(figures.method, 0) + 1
+            iac = self.iac
+            for key, count in figures.iac.items():
+                iac[key] = iac.get(key, 0) + count
+            if error is not None:
+                self.errors[error] = self.errors.get(error, 0) + 1
+
+    def families(self) -> list[Metric]:
+        """The families' current values (the gauge excepted)."""
+        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+
+        def buckets(h: _Hist, bounds: tuple[float, ...]) -> list[tuple[str, float]]:
+            out: list[tuple[str, float]] = []
+            acc = 0
+            for bound, c in zip((*map(_le, bounds), "+Inf"), h.counts, strict=True):
+                acc += c
+                out.append((bound, acc))
+            return out
+
+        with self._lock:
+            seconds = HistogramMetricFamily("state_res_seconds", SECONDS_HELP, labels=["phase", "algorithm"])
+            for (phase, alg), h in self.seconds.items():
+                seconds.add_metric([phase, alg], buckets(h, SECONDS_BUCKETS), h.sum)
+            full = HistogramMetricFamily("state_res_full_conflicted_events", FULL_HELP)
+            full.add_metric([], buckets(self.full_conflicted, SIZE_BUCKETS), self.full_conflicted.sum)
+            diff = HistogramMetricFamily("state_res_auth_difference_events", DIFF_HELP)
+            diff.add_metric([], buckets(self.auth_difference, SIZE_BUCKETS), self.auth_difference.sum)
+            iac = CounterMetricFamily("state_res_iac", IAC_HELP, labels=["pass", "outcome"])
+            for (pass_, outcome), count in self.iac.items():
+                iac.add_metric([pass_, outcome], count)
+            errors = CounterMetricFamily("state_res_errors", ERRORS_HELP, labels=["category"])
+            for category, count in self.errors.items():
+                errors.add_metric([category], count)
+            methods = CounterMetricFamily("state_res_auth_difference_method", METHOD_HELP, labels=["method"])
+            for method, count in self.methods.items():
+                methods.add_metric([method], count)
+        return [seconds, full, diff, iac, errors, methods]
+
+
+def _le(bound: float) -> str:
+    return str(float(bound))
+
+
+SECONDS_HELP = "Wall time of state resolutions (phase=total) and of their phases"
+FULL_HELP = "Events in the full conflicted set of a resolution"
+DIFF_HELP = "Events in the auth difference of a resolution"
+IAC_HELP = "Events replayed by the iterative auth checks, by pass and outcome"
+ERRORS_HELP = "Failed resolutions by error category"
+METHOD_HELP = "Auth differences computed, by method"
 
 
 class _Collector:
@@ -210,15 +231,13 @@ class _Collector:
     def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import GaugeMetricFamily
 
-        for family in self._m._families:
-            yield from family.collect()
+        yield from self._m.families()
         yield GaugeMetricFamily("state_res_unindexed_events", UNINDEXED_HELP, value=unindexed_events())
 
     def describe(self) -> Iterator[Metric]:
         from prometheus_client.core import GaugeMetricFamily
 
-        for family in self._m._families:
-            yield from family.describe()
+        yield from self._m.families()
         yield GaugeMetricFamily("state_res_unindexed_events", UNINDEXED_HELP)
 
 

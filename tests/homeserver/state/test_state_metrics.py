@@ -143,6 +143,14 @@ def test_families_and_values_after_resolutions(registry: CollectorRegistry) -> N
     assert value(samples, "state_res_auth_difference_events_sum") == sum(
         len(s.auth_difference) for _, s in done
     )
+    for bound in ("0.0", "1.0", "5.0", "10.0", "20.0", "50.0", "+Inf"):  # cumulative buckets
+        limit = float(bound)
+        for family, stage in (
+            ("state_res_full_conflicted_events", "full_conflicted_set"),
+            ("state_res_auth_difference_events", "auth_difference"),
+        ):
+            got = value(samples, f"{family}_bucket", le=bound)
+            assert got == sum(1 for _, s in done if len(getattr(s, stage)) <= limit), (family, bound)
     assert value(samples, "state_res_auth_difference_method_total", method="walk") == n
     assert value(samples, "state_res_auth_difference_method_total", method="chain") == 0
 
@@ -169,6 +177,33 @@ def test_families_and_values_after_resolutions(registry: CollectorRegistry) -> N
         assert ("state_res_errors_total", frozenset({("category", cat)})) in samples
         assert value(samples, "state_res_errors_total", category=cat) == 0
     assert value(samples, "state_res_unindexed_events") == 0
+
+
+def test_record_places_observations_in_buckets(registry: CollectorRegistry) -> None:
+    """`StateMetrics.record` puts each time and size in the right cumulative bucket."""
+    m = active_state_metrics()
+    assert m is not None
+    fig = _metrics.ResolutionFigures("v2.1")
+    fig.phase_seconds.update(split=0.0003, overlay=0.7)
+    fig.full_set, fig.auth_difference, fig.method = 7, 0, "chain"
+    fig.iac[("iac_rest", "failed")] = 3
+    m.record(fig, 2.0, "invalid_membership")
+    m.record(fig, 0.00005, None)
+    _, samples = scrape(registry)
+
+    def bucket(phase: str, le: str) -> float:
+        return value(samples, "state_res_seconds_bucket", phase=phase, algorithm="v2.1", le=le)
+
+    assert [bucket("total", le) for le in ("0.0001", "1.0", "2.5", "+Inf")] == [1, 1, 2, 2]
+    assert value(samples, "state_res_seconds_sum", phase="total", algorithm="v2.1") == 2.00005
+    assert [bucket("split", le) for le in ("0.00025", "0.0005", "+Inf")] == [0, 2, 2]
+    assert [bucket("overlay", le) for le in ("0.5", "1.0")] == [0, 2]
+    assert value(samples, "state_res_full_conflicted_events_bucket", le="5.0") == 0
+    assert value(samples, "state_res_full_conflicted_events_bucket", le="10.0") == 2
+    assert value(samples, "state_res_auth_difference_events_bucket", le="0.0") == 2
+    assert value(samples, "state_res_iac_total", **{"pass": "iac_rest", "outcome": "failed"}) == 6
+    assert value(samples, "state_res_errors_total", category="invalid_membership") == 1
+    assert value(samples, "state_res_auth_difference_method_total", method="chain") == 2
 
 
 def test_failing_resolution_counts_its_category(registry: CollectorRegistry) -> None:
