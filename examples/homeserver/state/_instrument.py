@@ -219,6 +219,18 @@ def _concluded(rec: Recorder, metrics: StateMetrics | None, span: Any) -> Iterat
 
 
 @contextmanager
+def errors_counted() -> Iterator[None]:
+    """Count a `StateResolutionError` raised before resolving (bad inputs, unknown version)."""
+    try:
+        yield
+    except StateResolutionError as e:
+        metrics = active_state_metrics()
+        if metrics is not None:
+            metrics.record_error(e.category)
+        raise
+
+
+@contextmanager
 def resolution_scope(
     room_id: str, rules: RoomRules, n_inputs: int, largest: int, trace_decisions: bool
 ) -> Iterator[NoPhases | Recorder]:

@@ -66,7 +66,8 @@ IAC_PASSES = ("iac_power", "iac_rest")
 IAC_OUTCOMES = ("accepted", "failed", "skipped_rejected")
 METHODS = ("walk", "chain")
 #: Categories pre-created at 0 (others appear when first raised); ``internal`` counts any
-#: exception that is not a `StateResolutionError` (a bug).
+#: exception that is not a `StateResolutionError` (a bug); ``invalid_input`` and
+#: ``unsupported_room_version`` are raised before resolving (not timed).
 ERROR_CATEGORIES = (
     "invalid_power_levels",
     "invalid_membership",
@@ -78,6 +79,7 @@ ERROR_CATEGORIES = (
     "unknown_event",
     "auth_cycle",
     "unsupported_room_version",
+    "invalid_input",
     "internal",
 )
 
@@ -177,6 +179,11 @@ class StateMetrics:
                 iac[key] = iac.get(key, 0) + count
             if error is not None:
                 self.errors[error] = self.errors.get(error, 0) + 1
+
+    def record_error(self, category: str) -> None:
+        """Count an error raised before a resolution started (not timed)."""
+        with self._lock:
+            self.errors[category] = self.errors.get(category, 0) + 1
 
     def families(self) -> list[Metric]:
         """The families' current values (the gauge excepted)."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any, Protocol, TypeVar
 
-from ._instrument import resolution_scope
+from ._instrument import errors_counted, resolution_scope
 from .auth import AuthFailure, auth_types, check_auth
 from .authdiff import AuthDifferenceWalk, CompleteNodes, NeedNodes, Node, conflicted_subgraph
 from .authdiff import rank_order as authdiff_rank_order
@@ -753,8 +753,9 @@ def resolve_state(
     ``events`` is an `InMemoryEventSource`, PDUs, or JSON event dicts (vector format).
     ``room_id`` defaults to the room of the create event. Errors are `StateResolutionError`s.
     """
-    rules = room_version if isinstance(room_version, RoomRules) else rules_for(room_version)
-    inputs = _check_inputs(state_sets)
+    with errors_counted():
+        rules = room_version if isinstance(room_version, RoomRules) else rules_for(room_version)
+        inputs = _check_inputs(state_sets)
     if isinstance(events, InMemoryEventSource):
         source = events
     else:
@@ -789,7 +790,8 @@ async def resolve_state_async(
     stages: ResolutionStages | None = None,
 ) -> dict[StateKey, str]:
     """Resolve over an async `EventSource`, yielding to the event loop every ``yield_every``."""
-    inputs = _check_inputs(state_sets)
+    with errors_counted():
+        inputs = _check_inputs(state_sets)
     opts = options or ResolveOptions()
     if isinstance(source, InMemoryEventSource):
         ctx = _Ctx(room_id, source.events, source.nodes, complete=True)  # type: ignore[arg-type]

@@ -222,6 +222,21 @@ def test_failing_resolution_counts_its_category(registry: CollectorRegistry) -> 
     assert value(samples, "state_res_seconds_count", phase="total", algorithm="v2") == 2
 
 
+async def test_rejected_calls_count_errors_untimed(registry: CollectorRegistry) -> None:
+    """Bad inputs and unknown room versions count an error but no resolution time."""
+    c = case(V2_CASES[0])
+    with pytest.raises(StateResolutionError, match="invalid_input"):
+        resolve_state(c["room_version"], [{"not": "a key"}], c["events"])  # type: ignore[dict-item]
+    with pytest.raises(StateResolutionError, match="unsupported_room_version"):
+        resolve_state("1", inputs_of(c), c["events"])
+    with pytest.raises(StateResolutionError, match="invalid_input"):
+        await resolve_state_async(c["room_id"], rules_for("10"), "nope", InMemoryEventSource.from_vector(c))  # type: ignore[arg-type]
+    _, samples = scrape(registry)
+    assert value(samples, "state_res_errors_total", category="invalid_input") == 2
+    assert value(samples, "state_res_errors_total", category="unsupported_room_version") == 1
+    assert not any(n == "state_res_seconds_count" and v for (n, _), v in samples.items())
+
+
 async def test_async_chain_index_method(registry: CollectorRegistry) -> None:
     """Over an async source with a chain index, the auth difference is counted as ``chain``."""
     c = case("v10/random/room300-2way-s1036")
