@@ -4,6 +4,13 @@
 resolved state map; `resolve_state_async` does the same over an async `EventSource`.
 """
 
+from ._instrument import set_log_thresholds
+from ._metrics import (
+    add_unindexed_source,
+    install_state_metrics,
+    pool_unindexed_source,
+    uninstall_state_metrics,
+)
 from .auth import AuthFailure, auth_types, check_auth
 from .authdiff import auth_difference, conflicted_subgraph, full_auth_difference
 from .errors import (
@@ -43,13 +50,18 @@ __all__ = [
     "UnknownEventError",
     "UnsupportedRoomVersion",
     "WrongRoomError",
+    "add_unindexed_source",
     "auth_difference",
     "auth_types",
     "check_auth",
     "conflicted_subgraph",
     "full_auth_difference",
+    "install_state_metrics",
     "pdu_from_dict",
+    "pool_unindexed_source",
     "resolve_state",
     "resolve_state_async",
     "rules_for",
+    "set_log_thresholds",
+    "uninstall_state_metrics",
 ]

@@ -13,6 +13,7 @@ rooms that have a chain-cover index but are not in it yet (waiting for the index
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import math
@@ -387,21 +388,39 @@ def count_unindexed_events_txn(txn: Any) -> int:
     return int(row[0]) if row else 0
 
 
-def pool_unindexed_source(pool: Any, *, timeout: float = 2.0) -> Callable[[], int | None]:
+def pool_unindexed_source(pool: Any, *, timeout: float = 0.5) -> Callable[[], int | None]:
     """A source counting unindexed events in ``pool``'s database (a ``logcontext.db.DatabasePool``).
 
-    The count runs on the pool's worker in its own logging context; a scrape waits at most
-    ``timeout`` seconds (then the source reports nothing and a warning is logged).
+    The count runs on the pool's worker, in its own logging context. A scrape waits at most
+    ``timeout`` seconds for it; past that it reports the previous count (``None`` at first) and
+    the next scrape waits for the same query instead of starting another one.
     """
     if not hasattr(pool, "submit_interaction"):
         raise TypeError(f"pool must be a logcontext.db.DatabasePool, not {pool!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
+        raise ValueError(f"timeout must be a number of seconds >= 0, not {timeout!r}")
+    in_flight: list[concurrent.futures.Future[int]] = []
+    last: list[int | None] = [None]
+
+    def wait(future: concurrent.futures.Future[int]) -> int | None:
+        try:
+            n = future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            in_flight[:] = [future]
+            return last[0]
+        except BaseException:
+            in_flight.clear()
+            raise
+        in_flight.clear()
+        last[0] = n
+        return n
 
     def read() -> int | None:
+        if in_flight:
+            return wait(in_flight[0])
         from logcontext import LoggingContext
 
         with LoggingContext("state_res_unindexed_scrape"):
-            future = pool.submit_interaction("count_unindexed_events", count_unindexed_events_txn)
-            n: int = future.result(timeout)
-            return n
+            return wait(pool.submit_interaction("count_unindexed_events", count_unindexed_events_txn))
 
     return read

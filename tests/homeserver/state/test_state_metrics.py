@@ -337,7 +337,7 @@ async def test_unindexed_gauge_counts_events_missing_from_the_chain_tables(
             (eid, room, seq),
         )
 
-    remove = add_unindexed_source(pool_unindexed_source(pool))
+    remove = add_unindexed_source(pool_unindexed_source(pool, timeout=30))
     try:
         with LoggingContext("test"):
             await pool.run_interaction("apply_schema", apply_schema)
@@ -357,6 +357,31 @@ async def test_unindexed_gauge_counts_events_missing_from_the_chain_tables(
         await pool.close()
     with pytest.raises(TypeError, match="DatabasePool"):
         pool_unindexed_source(object())
+
+
+def test_pool_source_does_not_wait_past_its_timeout() -> None:
+    """A slow count reports the previous value (None at first) and is not submitted twice."""
+    import concurrent.futures
+
+    submitted: list[concurrent.futures.Future[int]] = []
+
+    class SlowPool:
+        def submit_interaction(self, desc: str, fn: Any) -> concurrent.futures.Future[int]:
+            assert desc == "count_unindexed_events"
+            submitted.append(concurrent.futures.Future())
+            return submitted[-1]
+
+    read = pool_unindexed_source(SlowPool(), timeout=0.001)
+    assert read() is None and len(submitted) == 1
+    assert read() is None and len(submitted) == 1  # still the same query
+    submitted[0].set_result(5)
+    assert read() == 5 and len(submitted) == 1
+    assert read() == 5 and len(submitted) == 2  # a new query; the last count meanwhile
+    submitted[1].set_exception(RuntimeError("pool closed"))
+    with pytest.raises(RuntimeError, match="closed"):
+        read()
+    with pytest.raises(ValueError, match="timeout"):
+        pool_unindexed_source(SlowPool(), timeout=-1)
 
 
 def test_info_line_above_forced_low_threshold(
