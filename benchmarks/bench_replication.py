@@ -181,12 +181,12 @@ def populate_sqlite(path: Path, n_rows: int, n_events: int) -> None:
         ((f"remote{i % 50}.example.org", i, "@u:x", "D") for i in range(2, n_rows + 2) if not i % 5),
     )
     cur.executemany(
-        "INSERT INTO event_stream (stream_ordering, event_id, room_id, type, state_key)"
-        " VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender,"
+        " origin_server_ts, auth_rank, json) VALUES (?, ?, ?, ?, ?, '@a:x', 0, 1, '{}')",
         ((i, f"$e{i}", f"!room{i % 100}:x", "m.room.message", None) for i in range(2, n_events + 2)),
     )
     cur.executemany(
-        "INSERT INTO event_stream_state_deltas (stream_id, room_id, type, state_key, event_id)"
+        "INSERT INTO current_state_delta_stream (stream_id, room_id, type, state_key, event_id)"
         " VALUES (?, ?, ?, ?, ?)",
         (
             (i, f"!room{i % 100}:x", "m.room.member", f"@u{i}:x", f"$e{i}")

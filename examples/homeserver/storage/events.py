@@ -256,8 +256,8 @@ def _update_current_state_txn(
         assert room is not None
         changes.extend((last, room, t, k, e) for (t, k), e in state_changes.items())
     current: dict[tuple[str, str, str], str | None] = {}
-    for so, room, typ, key, eid in changes:
-        k = (room, typ, key)
+    for so, room_id, typ, key, new_id in changes:
+        k = (room_id, typ, key)
         if k not in current:
             txn.execute(
                 "SELECT event_id FROM current_state_events WHERE room_id = ? AND type = ? AND state_key = ?",
@@ -265,9 +265,9 @@ def _update_current_state_txn(
             )
             row = txn.fetchone()
             current[k] = None if row is None else row[0]
-        if current[k] == eid:
+        if current[k] == new_id:
             continue
-        if eid is None:
+        if new_id is None:
             txn.execute(
                 "DELETE FROM current_state_events WHERE room_id = ? AND type = ? AND state_key = ?", k
             )
@@ -275,14 +275,14 @@ def _update_current_state_txn(
             txn.execute(
                 "INSERT INTO current_state_events (room_id, type, state_key, event_id) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (room_id, type, state_key) DO UPDATE SET event_id = excluded.event_id",
-                (*k, eid),
+                (*k, new_id),
             )
         txn.execute(
             "INSERT INTO current_state_delta_stream (stream_id, room_id, type, state_key, event_id,"
             " instance_name) VALUES (?, ?, ?, ?, ?, ?)",
-            (so, *k, eid, instance),
+            (so, *k, new_id, instance),
         )
-        current[k] = eid
+        current[k] = new_id
 
 
 def get_current_state_txn(txn: Any, room_id: str) -> dict[StateKey, str]:
@@ -512,6 +512,9 @@ class EventStore:
         self.pool = pool
         self.stream_ids = stream_ids
         self._stream_ids_lock: asyncio.Lock | None = None
+        # Persists of one room go one at a time: the current-state change is read and
+        # written in the transaction, and orderings must follow the room's commit order.
+        self._room_locks: dict[str, asyncio.Lock] = {}
         self._events = _LRU(cache_size)
         self._nodes = _LRU(cache_size)
         self._indexes: dict[str, ChainCoverIndex] = {}
@@ -574,19 +577,23 @@ class EventStore:
             rows.append((pdu, raw, depth if type(depth) is int else 0, outlier, redacts))
         if state_changes and (outlier or not rows):
             raise ValueError("state_changes need a non-outlier event in the batch to carry them")
-        if outlier or not rows:
-            ranks, orderings = await self.pool.run_interaction("persist_events", persist_events_txn, rows)
-        else:
-            gen = await self._stream_id_gen()
-            async with gen.get_next_mult(len(rows)) as ids:
-                ranks, orderings = await self.pool.run_interaction(
-                    "persist_events",
-                    persist_events_txn,
-                    rows,
-                    orderings=ids,
-                    instance=gen.instance_name,
-                    state_changes=state_changes,
-                )
+        gen = None if outlier or not rows else await self._stream_id_gen()
+        lock = self._room_locks.get(room_id)
+        if lock is None:  # kept for the store's life, like the per-room caches
+            lock = self._room_locks[room_id] = asyncio.Lock()
+        async with lock:
+            if gen is None:
+                ranks, orderings = await self.pool.run_interaction("persist_events", persist_events_txn, rows)
+            else:
+                async with gen.get_next_mult(len(rows)) as ids:
+                    ranks, orderings = await self.pool.run_interaction(
+                        "persist_events",
+                        persist_events_txn,
+                        rows,
+                        orderings=ids,
+                        instance=gen.instance_name,
+                        state_changes=state_changes,
+                    )
         stored = {r[0].event_id for r in rows if r[0].event_id in ranks}
         if room_id in self._counts:
             self._counts[room_id] += len(stored)

@@ -195,6 +195,37 @@ async def test_outliers_get_no_stream_row(db: Any) -> None:
         await store.persist_batch(ROOM, [invite], outlier=True, state_changes={("m.x", ""): "$inv"})
 
 
+async def test_persists_of_one_room_go_one_at_a_time(db: Any) -> None:
+    """A second persist in the room waits for the first's transaction, so state follows the orderings."""
+    store, _ = await _store(db)
+    await store.persist_batch(ROOM, ROOM_EVENTS[:1])  # 2
+    real = db.run_interaction
+    gate = asyncio.Event()
+    calls: list[Any] = []
+
+    async def gated(desc: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if desc == "persist_events":
+            calls.append(kwargs.get("orderings"))
+            if len(calls) == 1:
+                await gate.wait()
+        return await real(desc, fn, *args, **kwargs)
+
+    db.run_interaction = gated
+    try:
+        first = asyncio.ensure_future(store.persist_batch(ROOM, ROOM_EVENTS[4:5]))  # $name1
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(store.persist_batch(ROOM, ROOM_EVENTS[6:7]))  # $name3
+        await asyncio.sleep(0.05)
+        assert calls == [[3]]
+        gate.set()
+        await asyncio.gather(first, second)
+    finally:
+        del db.run_interaction
+    assert calls == [[3], [4]]
+    assert (await store.get_current_state(ROOM))[("m.room.name", "")] == "$name3"
+    assert (await _all_updates(db, 4))[-1] == (4, _state("m.room.name", "", "$name3"))
+
+
 async def test_failed_persist_leaves_a_gap_the_token_passes(db: Any) -> None:
     """A batch refused inside its transaction writes nothing; its IDs finish and the next event follows."""
     store, gen = await _store(db)
