@@ -56,6 +56,35 @@ def test_name_must_be_nonempty_str() -> None:
         LoggingContext("")
 
 
+def test_options_are_keyword_only_and_name_may_be_a_keyword() -> None:
+    """Only the name may be positional (it may also be passed by keyword); the documented
+    signature is what ``inspect`` reports; a subclass keeps its own."""
+    import inspect
+
+    assert str(inspect.signature(LoggingContext)) == (
+        "(name: 'str', *, parent_context: 'LoggingContextOrSentinel | None' = None, "
+        "server_name: 'str | None' = None, request: 'ContextRequest | None' = None, "
+        "tag: 'str' = '') -> 'None'"
+    )
+    parent = LoggingContext("p")
+    with pytest.raises(TypeError, match="takes 1 positional argument"):
+        LoggingContext("x", parent)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="takes 1 positional argument"):
+        LoggingContext("x", None)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="missing 1 required argument: 'name'"):
+        LoggingContext()  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="multiple values for argument 'name'"):
+        LoggingContext("x", name="y")  # type: ignore[misc]
+    child = LoggingContext(name="c", parent_context=parent, server_name="hs", tag="t")
+    assert (child.name, child.parent_context, child.server_name, child.tag) == ("c", parent, "hs", "t")
+
+    class Sub(LoggingContext):
+        def __init__(self, label: str, extra: int = 0) -> None:
+            super().__init__(label)
+
+    assert str(inspect.signature(Sub)) == "(label: 'str', extra: 'int' = 0) -> 'None'"
+
+
 def test_construction_activates_nothing() -> None:
     """Building a context neither enters it nor captures a previous context."""
     with LoggingContext("outer"):
