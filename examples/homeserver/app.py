@@ -33,6 +33,7 @@ from homeserver.replication.streams import (
 )
 from homeserver.replication.tcp import ReplicationClient, ReplicationServer
 from homeserver.replication.typing_state import HttpStreamFetcher, TypingWriter
+from homeserver.state import add_unindexed_source, pool_unindexed_source
 from homeserver.storage.devices import DEVICE_LIST_TABLES, add_device_change_to_streams
 from homeserver.storage.events import EVENT_STREAM_TABLES, EventStore
 from homeserver.storage.id_generators import StreamIdGenerator
@@ -145,6 +146,7 @@ class MainProcess:
         self._tasks: list[asyncio.Task[Any]] = []
         self._persisted: dict[str, int] = {}
         self._known_rooms: set[str] = set()
+        self._remove_unindexed: Callable[[], None] = lambda: None
 
     @property
     def replication_port(self) -> int:
@@ -168,6 +170,8 @@ class MainProcess:
             self.db, "device_lists", DEVICE_LIST_TABLES, instance_name=self.instance_name
         )
         self.event_store = EventStore(self.db, stream_ids=self.events_gen)
+        # state_res_unindexed_events counts this database's events awaiting their chain index
+        self._remove_unindexed = add_unindexed_source(pool_unindexed_source(self.db))
 
     async def _start(self) -> None:
         opts = self.options
@@ -337,6 +341,8 @@ class MainProcess:
                     await self.persist_positions()
                 except Exception:
                     logger.exception("Could not persist stream positions at shutdown")
+        self._remove_unindexed()
+        self._remove_unindexed = lambda: None
         await self.db.close()
 
 
