@@ -183,3 +183,40 @@ def test_a_dropped_context_is_not_given_a_usage_but_its_parent_is_charged(
             assert parent.get_resource_usage().ru_utime == pytest.approx(0.002)
     finally:
         _ledger.set_sample_window(1.0)
+
+
+def test_dropped_root_contexts_are_not_charged_but_the_thread_total_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A window close passes no dropped root context on to be charged (nobody can read it);
+    the thread's attributed total still counts their CPU."""
+    charged: list[object] = []
+    real = _ledger._charge_items
+
+    def recording(items: list[tuple[object, int, int]], *args: object) -> None:
+        charged.extend(ctx for ctx, _, _ in items)
+        real(items, *args)  # type: ignore[arg-type]
+
+    now = [0]
+    logcontext.configure(clock="cpu", step_mode="exact")
+    _ledger.set_sample_window(10_000)
+    try:
+        with _ledger.use_scalar_clock(lambda: now[0]):
+            with LoggingContext("warm"):
+                pass
+            _ledger.settle_pending()
+            monkeypatch.setattr(_ledger, "_charge_items", recording)
+            led = _ledger.get_ledger()
+            before = led.attributed_ns
+            for _ in range(10):
+                with LoggingContext("dropped"):
+                    now[0] += 100_000
+            kept = LoggingContext("kept")
+            with kept:
+                now[0] += 100_000
+            _ledger.settle_pending()
+            assert charged == [kept]
+            assert led.attributed_ns - before == 11 * 100_000
+            assert kept.get_resource_usage().ru_utime == pytest.approx(0.0001)
+    finally:
+        _ledger.set_sample_window(1.0)

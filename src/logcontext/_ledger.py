@@ -448,11 +448,15 @@ def _flush_exact(led: Ledger) -> list[tuple[Any, int, int]]:
         led.attributed_ns += d
         _charge_one(led, ctx, d)
         return [(ctx, d, 0)]
-    items = [(ctx, d, 0) for ctx, d in pend.items()]
     led.pend = defaultdict(int)  # ``pend`` stays the window's record for _charge_items
+    lat = led.lat
+    items = []
     total = 0
-    for _, d, _ in items:
+    for ctx, d in pend.items():
         total += d
+        # A root context nothing else references is skipped: its figures can never be read.
+        if ctx._ancestors or _refcount(ctx) > _UNREFERENCED_IN_PEND or ctx in lat:
+            items.append((ctx, d, 0))
     led.attributed_ns += total
     if items:
         _charge_items(items, led.lat, pend)
@@ -525,7 +529,12 @@ def close_window(led: Ledger, now: int, last: Any = None, d_last: int = 0) -> li
     items: list[tuple[Any, int, int]]
     if total <= cpu and ds == 0:
         # The usual case: metered steps were on-CPU, each gets exactly its share.
-        items = [(ctx, w, 0) for ctx, w in pend.items() if w > 0]
+        lat = led.lat
+        items = []
+        for ctx, w in pend.items():
+            # A root context nothing else references is skipped: its figures can never be read.
+            if w > 0 and (ctx._ancestors or _refcount(ctx) > _UNREFERENCED_IN_PEND or ctx in lat):
+                items.append((ctx, w, 0))
         charged = total
     else:
         given = min(total, cpu)
@@ -574,9 +583,22 @@ def _unreferenced_base() -> int:
     return base
 
 
+def _unreferenced_in_pend_base() -> int:
+    """The reference count of a context held only by ``pend``, seen while iterating it."""
+    pend: defaultdict[object, int] = defaultdict(int)
+    pend[object()] += 1
+    base = 1 << 30
+    for ctx, _ in pend.items():
+        base = _refcount(ctx)
+    return base
+
+
+_CPYTHON = sys.implementation.name == "cpython"
 #: ``_charge_items`` skips building the usage of a context at this count: no code can
 #: ever read it (its ancestors are still charged). Off where counts are not exact.
-_UNREFERENCED: int = _unreferenced_base() if sys.implementation.name == "cpython" else -1
+_UNREFERENCED: int = _unreferenced_base() if _CPYTHON else -1
+#: The same while a window close iterates the pending shares.
+_UNREFERENCED_IN_PEND: int = _unreferenced_in_pend_base() if _CPYTHON else -1
 
 
 def _charge_items(
