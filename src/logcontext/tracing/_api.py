@@ -581,8 +581,7 @@ class _SpanScope(_ScopeBase):
                 recording = False
             if recording:
                 ctx = current_context()
-                if ctx:
-                    assert isinstance(ctx, LoggingContext)
+                if ctx:  # a LoggingContext (the sentinel is falsy)
                     child = LoggingContext(str(ctx), parent_context=ctx)
                     child.span = span
                     self._child = child
