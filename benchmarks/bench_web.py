@@ -401,6 +401,15 @@ def web_suite(args: Any) -> bool:
                     f"per request median {cpu_med[name] * 1e6:.1f}us, min {cpu_min[name] * 1e6:.1f}us; "
                     f"client CPU per request {statistics.median(cands[name].client_cpu) * 1e6:.1f}us"
                 )
+            for ident, a, b, _ in RATIOS:
+                rt, rc = m(a) / m(b), cpu_med[a] / cpu_med[b]
+                suite.note(
+                    f"{ident}: {1 / m(a):,.0f} vs {1 / m(b):,.0f} requests/s, server CPU "
+                    f"{cpu_med[a] * 1e6:.1f} vs {cpu_med[b] * 1e6:.1f}us per request "
+                    f"(+{(cpu_med[a] - cpu_med[b]) * 1e6:.1f}us): ratio time {rt:.3f} "
+                    f"{'PASS' if rt <= 1.05 else 'FAIL'}, cpu {rc:.3f} {'PASS' if rc <= 1.05 else 'FAIL'} "
+                    "(bound 1.05)"
+                )
             suite.note(
                 "ratios of minima (robust to interference): "
                 + ", ".join(

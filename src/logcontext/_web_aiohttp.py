@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import HttpVersion, HttpVersion10, HttpVersion11, web
 from multidict import istr
 
-from logcontext import ContextRequest, LoggingContext
+from logcontext import ContextRequest
 
 from . import _bgmetrics
 from ._access import access_logger
@@ -24,6 +24,7 @@ from ._web_common import (
     TraceOrigin,
     WebOptions,
     _counter,
+    _setup,
     response_trace_headers,
     start_server_span,
 )
@@ -99,7 +100,6 @@ def logcontext_middleware(
 
     # Everything that is the same for every request, resolved once.
     id_header = istr(opts.request_id_header)  # case-folded once, not per response
-    server_name = opts.server_name
     echo = opts.echo_request_id
     trust = opts.trust_request_id
     proxies = opts.trusted_proxies
@@ -126,31 +126,28 @@ def logcontext_middleware(
         scheme = request.scheme
         lg = loggers.get(scheme) or access_logger(scheme, site_tag)
         name = f"{method}-{rid}"
-        # RequestState's per-request fields, written inline (keep in step with _setup).
         st: RequestState = _new_object(RequestState)
-        st.received = received
-        st.opts = opts
-        st.method = method
-        if q < 0:
-            st.path = uri = raw
-        else:
-            st.path = raw[:q]
-            uri = redact_uri(raw, redact)
-        st.request = req = ContextRequest(
-            name,
-            ip,
-            site_tag,
+        _setup(
+            st,
+            opts,
+            lg,
+            received,
             method,
-            uri,
-            "HTTP/1.1" if version == HttpVersion11 else _protocol(version),
-            headers.get(_UA) or "-",
+            raw if q < 0 else raw[:q],
+            ContextRequest(
+                name,
+                ip,
+                site_tag,
+                method,
+                raw if q < 0 else redact_uri(raw, redact),
+                "HTTP/1.1" if version == HttpVersion11 else _protocol(version),
+                headers.get(_UA) or "-",
+            ),
+            echo_id,
+            request,
+            route_name,
         )
-        st.ctx = ctx = LoggingContext(name, server_name=server_name, request=req)
-        st.logger = lg
-        st._route = request
-        st._route_fn = route_name
-        if echo_id is not None:
-            st.echo_id = echo_id
+        ctx = st.ctx
         writer = request.writer
         previous = getattr(writer, "on_body_write", _MISSING)
         counting = previous is not _MISSING

@@ -168,12 +168,37 @@ def _is_ip(addr: str) -> bool:
 class RequestState:
     """One request's bookkeeping: timings, status, bytes, servlet, metrics.
 
-    The fields that start the same for every request are class-level defaults (no slots), so
-    building a state writes only the per-request ones (the aiohttp middleware writes them
-    inline, in step with ``_setup``).
+    Slotted, every field written once by ``_setup`` (one call, positional): reads on the
+    completion and metrics paths are then plain slot reads.
     """
 
-    # Per-request values (written by every constructor).
+    __slots__ = (
+        "_end",
+        "_finished",
+        "_route",
+        "_route_fn",
+        "bytes_sent",
+        "cancelled",
+        "completed",
+        "ctx",
+        "echo_id",
+        "gone_at",
+        "handler_finished",
+        "logger",
+        "method",
+        "opts",
+        "path",
+        "received",
+        "received_counted",
+        "reported",
+        "request",
+        "response_sent",
+        "response_started",
+        "servlet",
+        "status",
+        "traced",
+    )
+
     received: float  # monotonic; the wall-clock arrival is derived when a line needs it
     opts: WebOptions
     method: str
@@ -181,24 +206,23 @@ class RequestState:
     request: ContextRequest
     ctx: LoggingContext
     logger: logging.Logger
-    # Shared defaults until an event changes them.
-    echo_id: str | None = None
-    servlet: str | None = None
-    traced: bool = False
-    handler_finished: float | None = None
-    response_sent: float | None = None
-    response_started: bool = False
-    gone_at: float | None = None
-    status: int | None = None
-    bytes_sent: int = 0
-    completed: bool = False
-    cancelled: bool = False
-    received_counted: bool = False
-    reported: ContextResourceUsage = _ZERO_USAGE
-    _route: Any = None
-    _route_fn: Callable[[Any], str | None] | None = None
-    _finished: bool = False  # finish() ran and the metrics are not recorded yet
-    _end: float = 0.0
+    echo_id: str | None
+    servlet: str | None
+    traced: bool
+    handler_finished: float | None
+    response_sent: float | None
+    response_started: bool
+    gone_at: float | None
+    status: int | None
+    bytes_sent: int
+    completed: bool
+    cancelled: bool
+    received_counted: bool
+    reported: ContextResourceUsage
+    _route: Any
+    _route_fn: Callable[[Any], str | None] | None
+    _finished: bool  # finish() ran and the metrics are not recorded yet
+    _end: float
 
     def __init__(
         self,
@@ -215,29 +239,33 @@ class RequestState:
         route_fn: Callable[[Any], str | None] | None = None,
     ) -> None:
         received = _monotonic()
+        echo_id: str | None = None
         if opts.trust_request_id:
             rid, echo_id = opts.choose_request_id(headers_get(opts.request_id_header))
-            if echo_id is not None:
-                self.echo_id = echo_id
         else:
             rid = str(next(_counter))
         ip = opts.client_ip(peer, headers_get("X-Forwarded-For")) if opts.trusted_proxies else peer or "-"
+        name = f"{method}-{rid}"
         _setup(
             self,
             opts,
             access_logger(scheme, opts.site_tag),
             received,
-            f"{method}-{rid}",
             method,
             path,
-            redact_uri(raw_uri, opts.redact_params) if "?" in raw_uri else raw_uri,
-            protocol,
-            ip,
-            headers_get("User-Agent") or "-",
+            ContextRequest(
+                name,
+                ip,
+                opts.site_tag,
+                method,
+                redact_uri(raw_uri, opts.redact_params) if "?" in raw_uri else raw_uri,
+                protocol,
+                headers_get("User-Agent") or "-",
+            ),
+            echo_id,
+            route,
+            route_fn,
         )
-        if route_fn is not None:
-            self._route = route
-            self._route_fn = route_fn
 
     @property
     def request_id_value(self) -> str:
@@ -442,22 +470,38 @@ def _setup(
     opts: WebOptions,
     lg: logging.Logger,
     received: float,
-    name: str,
     method: str,
     path: str,
-    uri: str,
-    protocol: str,
-    ip: str,
-    user_agent: str,
+    req: ContextRequest,
+    echo_id: str | None,
+    route: Any,
+    route_fn: Callable[[Any], str | None] | None,
 ) -> None:
-    """Write the per-request fields of ``st`` (``uri`` already redacted)."""
+    """Write every field of a new ``st`` (its context is named after ``req.request_id``)."""
     st.received = received
     st.opts = opts
     st.method = method
     st.path = path
-    st.request = req = ContextRequest(name, ip, opts.site_tag, method, uri, protocol, user_agent)
-    st.ctx = LoggingContext(name, server_name=opts.server_name, request=req)
+    st.request = req
+    st.ctx = LoggingContext(req.request_id, server_name=opts.server_name, request=req)
     st.logger = lg
+    st.echo_id = echo_id
+    st._route = route
+    st._route_fn = route_fn
+    st.servlet = None
+    st.traced = False
+    st.handler_finished = None
+    st.response_sent = None
+    st.response_started = False
+    st.gone_at = None
+    st.status = None
+    st.bytes_sent = 0
+    st.completed = False
+    st.cancelled = False
+    st.received_counted = False
+    st.reported = _ZERO_USAGE
+    st._finished = False
+    st._end = 0.0
 
 
 # -- tracing integration ---------------------------------------------------------------------
