@@ -424,12 +424,6 @@ class LoggingContext:
                 if x.tokens is None:
                     x.tokens = []
                 x.tokens.append(held)  # tokens stack; the newest stays in _token
-        elif self.finished:  # exited in a foreign Context before any token was kept
-            report(
-                "restart-finished",
-                f"entering context {self.name!r} again after its block exited",
-                context=self,
-            )
         self._token = _var_set(self)
         if _hot:
             if _clock._metering:
