@@ -29,6 +29,23 @@ def sampled() -> Iterator[None]:
         _ledger.set_sample_window(1.0)
 
 
+@pytest.fixture
+def scalar_exact() -> Iterator[list[int]]:
+    """exact mode on a scripted scalar clock (advance ``now[0]``), a long window, one warm-up
+    context settled so the window is open and empty."""
+    now = [0]
+    logcontext.configure(clock="cpu", step_mode="exact")
+    _ledger.set_sample_window(10_000)
+    try:
+        with _ledger.use_scalar_clock(lambda: now[0]):
+            with LoggingContext("warm"):
+                pass
+            _ledger.settle_pending()
+            yield now
+    finally:
+        _ledger.set_sample_window(1.0)
+
+
 def _burn(seconds: float) -> None:
     end = time.thread_time() + seconds
     while time.thread_time() < end:
@@ -118,36 +135,27 @@ def test_settle_pending_is_a_no_op_without_shares(sampled: None) -> None:
     assert _ledger.stats.windows == windows
 
 
-def test_exact_mode_exit_defers_too_and_stays_exact() -> None:
+def test_exact_mode_exit_defers_too_and_stays_exact(scalar_exact: list[int]) -> None:
     """exact (scalar clock): an exit adds the exact CPU to the window; a read charges exactly it."""
-    now = [0]
-    logcontext.configure(clock="cpu", step_mode="exact")
-    _ledger.set_sample_window(10_000)
-    try:
-        with _ledger.use_scalar_clock(lambda: now[0]):
-            with LoggingContext("warm"):
-                pass
-            _ledger.settle_pending()
-            with LoggingContext("a") as a:
-                now[0] += 5_000_000
-            assert a in _ledger.get_ledger().pend
-            assert a._u is None
-            assert a.get_resource_usage().ru_utime == pytest.approx(0.005)
-            assert a._u is not None and a._u.ru_utime == pytest.approx(0.005)
-            assert {f: getattr(a._u, f) for f in _usage._FIELDS} == {
-                "ru_utime": pytest.approx(0.005),
-                "ru_stime": 0.0,
-                "db_txn_count": 0,
-                "db_txn_duration_sec": 0.0,
-                "db_sched_duration_sec": 0.0,
-                "evt_db_fetch_count": 0,
-            }  # the first charge builds the whole usage
-    finally:
-        _ledger.set_sample_window(1.0)
+    now = scalar_exact
+    with LoggingContext("a") as a:
+        now[0] += 5_000_000
+    assert a in _ledger.get_ledger().pend
+    assert a._u is None
+    assert a.get_resource_usage().ru_utime == pytest.approx(0.005)
+    assert a._u is not None and a._u.ru_utime == pytest.approx(0.005)
+    assert {f: getattr(a._u, f) for f in _usage._FIELDS} == {
+        "ru_utime": pytest.approx(0.005),
+        "ru_stime": 0.0,
+        "db_txn_count": 0,
+        "db_txn_duration_sec": 0.0,
+        "db_sched_duration_sec": 0.0,
+        "evt_db_fetch_count": 0,
+    }  # the first charge builds the whole usage
 
 
 def test_a_dropped_context_is_not_given_a_usage_but_its_parent_is_charged(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, scalar_exact: list[int]
 ) -> None:
     """At a window close, an exited context nothing references gets no usage object of its
     own (nobody can read it); its ancestors are charged in full; held contexts are charged."""
@@ -159,34 +167,25 @@ def test_a_dropped_context_is_not_given_a_usage_but_its_parent_is_charged(
         built.append(obj)
         return obj
 
-    now = [0]
-    logcontext.configure(clock="cpu", step_mode="exact")
-    _ledger.set_sample_window(10_000)
-    try:
-        with _ledger.use_scalar_clock(lambda: now[0]):
-            with LoggingContext("warm"):
-                pass
-            _ledger.settle_pending()
-            monkeypatch.setattr(_ledger, "_new_obj", counting_new)
-            parent = LoggingContext("parent")
-            for _ in range(20):
-                with LoggingContext("dropped", parent_context=parent):
-                    now[0] += 100_000
-            held = []
-            for _ in range(5):
-                with LoggingContext("held") as ctx:
-                    now[0] += 100_000
-                held.append(ctx)
-            _ledger.settle_pending()
-            assert len(built) == 5  # one per held context, none for the 20 dropped ones
-            assert all(c._u is not None and c._u.ru_utime == pytest.approx(0.0001) for c in held)
-            assert parent.get_resource_usage().ru_utime == pytest.approx(0.002)
-    finally:
-        _ledger.set_sample_window(1.0)
+    now = scalar_exact
+    monkeypatch.setattr(_ledger, "_new_obj", counting_new)
+    parent = LoggingContext("parent")
+    for _ in range(20):
+        with LoggingContext("dropped", parent_context=parent):
+            now[0] += 100_000
+    held = []
+    for _ in range(5):
+        with LoggingContext("held") as ctx:
+            now[0] += 100_000
+        held.append(ctx)
+    _ledger.settle_pending()
+    assert len(built) == 5  # one per held context, none for the 20 dropped ones
+    assert all(c._u is not None and c._u.ru_utime == pytest.approx(0.0001) for c in held)
+    assert parent.get_resource_usage().ru_utime == pytest.approx(0.002)
 
 
 def test_dropped_root_contexts_are_not_charged_but_the_thread_total_is(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, scalar_exact: list[int]
 ) -> None:
     """A window close passes no dropped root context on to be charged (nobody can read it);
     the thread's attributed total still counts their CPU."""
@@ -197,26 +196,17 @@ def test_dropped_root_contexts_are_not_charged_but_the_thread_total_is(
         charged.extend(ctx for ctx, _, _ in items)
         real(items, *args)  # type: ignore[arg-type]
 
-    now = [0]
-    logcontext.configure(clock="cpu", step_mode="exact")
-    _ledger.set_sample_window(10_000)
-    try:
-        with _ledger.use_scalar_clock(lambda: now[0]):
-            with LoggingContext("warm"):
-                pass
-            _ledger.settle_pending()
-            monkeypatch.setattr(_ledger, "_charge_items", recording)
-            led = _ledger.get_ledger()
-            before = led.attributed_ns
-            for _ in range(10):
-                with LoggingContext("dropped"):
-                    now[0] += 100_000
-            kept = LoggingContext("kept")
-            with kept:
-                now[0] += 100_000
-            _ledger.settle_pending()
-            assert charged == [kept]
-            assert led.attributed_ns - before == 11 * 100_000
-            assert kept.get_resource_usage().ru_utime == pytest.approx(0.0001)
-    finally:
-        _ledger.set_sample_window(1.0)
+    now = scalar_exact
+    monkeypatch.setattr(_ledger, "_charge_items", recording)
+    led = _ledger.get_ledger()
+    before = led.attributed_ns
+    for _ in range(10):
+        with LoggingContext("dropped"):
+            now[0] += 100_000
+    kept = LoggingContext("kept")
+    with kept:
+        now[0] += 100_000
+    _ledger.settle_pending()
+    assert charged == [kept]
+    assert led.attributed_ns - before == 11 * 100_000
+    assert kept.get_resource_usage().ru_utime == pytest.approx(0.0001)
