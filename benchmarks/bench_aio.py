@@ -19,6 +19,7 @@ import collections.abc
 import contextvars
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import Suite, b_empty, b_tcv, b_ttt, exit_code, make_with, parse_args
 
 import logcontext
-from logcontext import LoggingContext, aio
+from logcontext import LoggingContext, aio, current_context
 
 # Candidates time themselves with the thread's CPU clock, not the wall clock: on a shared
 # machine a wall-clock sample also counts the time the benchmark was descheduled, which lands
@@ -114,6 +115,50 @@ class _RefTttSwitch(_Proxy):
         return self._c.send(v)
 
 
+# Floors: the least a meter that follows spec §2.1 can do per step. It looks the thread's
+# ledger up (a ``threading.local``, never cached), reads the task's logging context, reads the
+# clock around the step and adds the delta to that context's share in the ledger's dict — and
+# nothing else: no window closes, no nesting depth, no settings generation, no misuse or late
+# checks. Our meters do all of those; the floors show how much of a bound the design itself
+# takes before any of that bookkeeping (a ratio the floor already fails cannot be met by
+# trimming bookkeeping).
+_floor_local = threading.local()
+
+
+def _floor_reset() -> None:
+    _floor_local.pend = collections.defaultdict(int)
+
+
+class _FloorTpc(_Proxy):
+    """Floor of a ledger meter on ``perf_counter_ns`` (``wall``/``sampled``: two wall reads)."""
+
+    __slots__ = ()
+
+    def send(self, v: Any) -> Any:
+        pend = _floor_local.pend
+        ctx = current_context()
+        t = tpc()
+        try:
+            return self._c.send(v)
+        finally:
+            pend[ctx] += tpc() - t
+
+
+class _FloorTtt(_Proxy):
+    """Floor of a ledger meter on ``thread_time_ns`` (``cpu exact``: two thread-clock reads)."""
+
+    __slots__ = ()
+
+    def send(self, v: Any) -> Any:
+        pend = _floor_local.pend
+        ctx = current_context()
+        t = ttt()
+        try:
+            return self._c.send(v)
+        finally:
+            pend[ctx] += ttt() - t
+
+
 def _factory_for(cls: type[_Proxy]) -> Callable[..., Any]:
     def factory(loop: Any, coro: Any, **kw: Any) -> Any:
         return asyncio.Task(cls(coro), loop=loop, **kw)
@@ -143,6 +188,8 @@ def make_steps(
                     "ref-tpc-pair": _RefTpcPair,
                     "ref-ttt-pair": _RefTttPair,
                     "ref-ttt-switch": _RefTttSwitch,
+                    "floor-tpc": _FloorTpc,
+                    "floor-ttt": _FloorTtt,
                 }[meter]
             )
         )
@@ -161,6 +208,7 @@ def make_steps(
 
     def bench(n: int) -> float:
         logcontext.configure(clock=clock, step_mode=step)  # type: ignore[arg-type]
+        _floor_reset()
         per = max(200, n // ntasks)  # amortise task creation and the context entry (quick runs)
         dt = loop.run_until_complete(main(per))
         logcontext.configure(clock="off", step_mode="exact")
@@ -208,6 +256,8 @@ STEP_CANDIDATES: list[tuple[str, str, str, str]] = [
     ("ref-tpc-pair", "ref-tpc-pair", "off", "exact"),
     ("ref-ttt-pair", "ref-ttt-pair", "off", "exact"),
     ("ref-ttt-switch", "ref-ttt-switch", "off", "exact"),
+    ("floor-tpc", "floor-tpc", "off", "exact"),
+    ("floor-ttt", "floor-ttt", "off", "exact"),
 ]
 
 
@@ -246,6 +296,14 @@ def step_suite(
         ("P9", "Δ[cpu lazy] / (ttt + 8 tcv)", d("ours [cpu lazy]") / (ttt_s + 8 * tcv_s), 1.0),
         ("P9s", "Δ[cpu sampled] in us (bound 0.5)", d("ours [cpu sampled]") * 1e6, 0.5),
     ]
+    # What the floors (see ``_FloorTpc``) give on the same ratios: the part of each bound the
+    # spec's design (a per-thread ledger looked up at every step) takes by itself.
+    suite.note(
+        "floors (ledger lookup + context + clock pair + one dict add, no other bookkeeping): "
+        f"P7 Δ[floor-tpc] / Δ(ref tpc pair) {d('floor-tpc') / d('ref-tpc-pair'):.2f} (bound 1.25); "
+        f"P8 Δ[floor-ttt] / Δ(ref ttt pair) {d('floor-ttt') / d('ref-ttt-pair'):.2f} (bound 1.25); "
+        f"P9s Δ[floor-tpc] {d('floor-tpc') * 1e6:+.3f} us (bound +0.5)"
+    )
     for ident, desc, value, bound in checks:
         if gated:
             suite.check(ident, desc, value, bound)
