@@ -266,6 +266,19 @@ def main() -> int:
             1.0,
         )
         suite.check("P5", "Preserve [off] / tcv", m("with PreserveLoggingContext [off]") / tcv, 6.0)
+        # Every clock mode against every baseline measured in this run (informational).
+        bases = [("tcv", "tcv (set+reset)")]
+        if "otel" in have:
+            bases.append(("OTel attach+detach", "otel attach+detach"))
+        if "structlog" in have:
+            bases.append(("structlog bind+reset", "structlog bind+reset"))
+            bases.append(("structlog bound_contextvars", "structlog bound_contextvars"))
+        if "synapse" in have:
+            bases.append(("Synapse with LoggingContext", "synapse with LoggingContext"))
+        for mode in ("off", "wall", "cpu", "rusage", "cpu, sampled"):
+            ours = m(f"with LoggingContext [{mode}]")
+            ratios = ", ".join(f"{label} {ours / m(name):.2f}x" for label, name in bases)
+            suite.note(f"with LoggingContext [{mode}] {ours * 1e6:.3f}us = {ratios}")
         floor, floor_s = m("floor: with-block"), m("floor: with-block, sampled switch")
         parts = [f"P2 floor / tcv {floor / tcv:.2f} (bound 4.0)"]
         if "structlog" in have:
