@@ -140,3 +140,24 @@ def test_structlog_pipeline_with_contextvars_bindings() -> None:
         structlog.contextvars.clear_contextvars()
         structlog.reset_defaults()
     assert captured[0]["request"] == "bound" and captured[0]["server_name"] == "hs2"
+
+
+def test_inherited_and_default_server_name_and_request() -> None:
+    """A bare root context gets the configured server name and no request fields; a child
+    gets its parent's server name and request; a bare child of a bare root the default."""
+    saved = _config.config.default_server_name
+    configure(default_server_name="hs-default")
+    try:
+        with LoggingContext("root") as root:
+            ev = add_logcontext(None, "info", {"event": "x"})
+            with LoggingContext("bare-child", parent_context=root):
+                ev_bare_child = add_logcontext(None, "info", {"event": "x"})
+        with LoggingContext("req", request=request(), server_name="hs1") as parent:
+            with LoggingContext("child", parent_context=parent):
+                ev_child = add_logcontext(None, "info", {"event": "x"})
+    finally:
+        configure(default_server_name=saved)
+    assert ev == {"event": "x", "request": "root", "server_name": "hs-default"}
+    assert ev_bare_child == {"event": "x", "request": "bare-child", "server_name": "hs-default"}
+    assert ev_child["server_name"] == "hs1" and ev_child["request"] == "child"
+    assert ev_child["ip_address"] == request().ip_address and ev_child["method"] == request().method

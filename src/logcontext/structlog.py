@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any
 
 from logcontext import _hooks
+from logcontext._config import config as _config
 from logcontext._context import _var_get
 
 __all__ = ["DEFAULT_FIELDS", "REQUEST_FIELDS", "add_logcontext", "make_processor"]
@@ -43,12 +44,19 @@ _ALL = frozenset(DEFAULT_FIELDS)
 def add_logcontext(logger: Any, method_name: str, event_dict: EventDict) -> EventDict:
     """Add the current context's fields to ``event_dict`` (explicit bindings win)."""
     ctx = _var_get()
+    if ctx._extra is None and not ctx._ancestors:
+        # No explicit fields and no parent (the sentinel included): what the ``server_name``
+        # and ``request`` properties would return, without their calls.
+        server = _config.default_server_name
+        req = None
+    else:
+        server = ctx.server_name
+        req = ctx.request
     # ``in`` + item assignment is cheaper than ``setdefault`` calls on the hot path.
     if "request" not in event_dict:
         event_dict["request"] = ctx.name
     if "server_name" not in event_dict:
-        event_dict["server_name"] = ctx.server_name
-    req = ctx.request
+        event_dict["server_name"] = server
     if req is not None:
         sd = event_dict.setdefault
         sd("ip_address", req.ip_address)
