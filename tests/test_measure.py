@@ -145,3 +145,23 @@ async def test_spans_awaits_inclusive(metrics: Metrics) -> None:
             current_context().record_event_fetch(1)
             await asyncio.sleep(0)
     assert m.get_resource_usage().evt_db_fetch_count == 5
+
+
+def test_server_name_inherited_or_explicit(metrics: Metrics) -> None:
+    """Without ``server_name`` the block runs in, and is labelled with, the parent's server
+    name; an explicit one is the child's server name and the label."""
+    with LoggingContext("GET-1", server_name="hs1"):
+        with Measure("inherit") as m1:
+            inner1 = current_context()
+        with Measure("explicit", server_name="hs2") as m2:
+            inner2 = current_context()
+    assert m1.server_name == "hs1" and inner1.server_name == "hs1"
+    assert m2.server_name == "hs2" and inner2.server_name == "hs2"
+    labels = {
+        (s.labels["block_name"], s.labels["server_name"])
+        for fam in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+        for s in fam.samples
+        if "block_name" in s.labels
+    }
+    assert ("inherit", "hs1") in labels and ("explicit", "hs2") in labels
+    assert not any(b == "inherit" and sn != "hs1" for b, sn in labels)

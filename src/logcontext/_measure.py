@@ -50,11 +50,15 @@ class Measure:
         if self.start >= 0:
             raise RuntimeError(f"Measure({self.name!r}) cannot be entered twice")
         parent = current_context()
-        server = self.server_name
-        if server is None:
-            self.server_name = server = parent.server_name
+        explicit = self.server_name
+        server = self.server_name = parent.server_name if explicit is None else explicit
         if parent:
-            ctx = LoggingContext(parent.name, parent_context=parent, server_name=server)
+            # An inherited server name is not passed on: the child reads its parent's.
+            ctx = (
+                LoggingContext(parent.name, parent_context=parent)
+                if explicit is None
+                else LoggingContext(parent.name, parent_context=parent, server_name=explicit)
+            )
         else:
             from . import _misuse
 
