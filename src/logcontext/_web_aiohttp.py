@@ -230,7 +230,7 @@ def logcontext_middleware(
                             writer.on_body_write = previous  # breaks the writer -> state cycle
         finally:
             if _bgmetrics.active is not None:
-                st.record_metrics()  # after the exit: final figures, no clock read
+                st.record_metrics()  # after the exit: the access line's snapshot, else the final figures
 
     return logcontext_mw
 

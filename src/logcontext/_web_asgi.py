@@ -205,7 +205,7 @@ class LogContextMiddleware:
                 finally:
                     _CURRENT.reset(token)
         finally:
-            st.record_metrics()  # after the exit: final figures, no clock read
+            st.record_metrics()  # after the exit: the access line's snapshot, else the final figures
 
     @staticmethod
     async def _send_500(send: Send) -> None:

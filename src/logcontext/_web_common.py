@@ -177,6 +177,7 @@ class RequestState:
         "_finished",
         "_route",
         "_route_fn",
+        "_usage",
         "bytes_sent",
         "cancelled",
         "completed",
@@ -223,6 +224,7 @@ class RequestState:
     _route_fn: Callable[[Any], str | None] | None
     _finished: bool  # finish() ran and the metrics are not recorded yet
     _end: float
+    _usage: ContextResourceUsage | None  # the snapshot behind the access line, if one was written
 
     def __init__(
         self,
@@ -368,7 +370,7 @@ class RequestState:
 
         Nothing is formatted unless the access logger is enabled for the line's level. With
         ``metrics=False`` the caller records them with :meth:`record_metrics` once the context
-        has exited: the figures are then final and reading them needs no clock read.
+        has exited, from the line's snapshot when a line was written, else from a read then.
         """
         handler_finished = self.handler_finished
         if handler_finished is None:
@@ -392,7 +394,7 @@ class RequestState:
             self.servlet = self.servlet_name
         usage: ContextResourceUsage | None = None
         if enabled:
-            usage = self.ctx.get_resource_usage()
+            usage = self._usage = self.ctx.get_resource_usage()
             try:
                 self._log_access(lg, level, usage, handler_finished, end)
             except Exception:
@@ -403,10 +405,17 @@ class RequestState:
             self.record_metrics(usage)
 
     def record_metrics(self, usage: ContextResourceUsage | None = None) -> None:
-        """Record the request metrics (after :meth:`finish`); ``usage``: a snapshot to reuse."""
+        """Record the request metrics (after :meth:`finish`); ``usage``: a snapshot to reuse.
+
+        Without one, the snapshot behind the access line is used when a line was written (the
+        metrics then agree with the line, and no second read closes the sampling window);
+        otherwise the context is read now.
+        """
         m = _bgmetrics.active
         if m is None or not self._finished:
             return
+        if usage is None:
+            usage = self._usage
         self._finished = False  # once
         if self.servlet is None:
             self.servlet = self.servlet_name
@@ -502,6 +511,7 @@ def _setup(
     st.reported = _ZERO_USAGE
     st._finished = False
     st._end = 0.0
+    st._usage = None
 
 
 # -- tracing integration ---------------------------------------------------------------------

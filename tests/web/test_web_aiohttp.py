@@ -300,6 +300,26 @@ def test_metrics_in_flight_grow_across_scrapes(records: RecordCollector, metrics
     assert value(smp3, "logcontext_http_server_response_time_seconds_count", servlet="burn") == 1
 
 
+def test_response_metrics_match_the_access_line(records: RecordCollector, metrics: Metrics) -> None:
+    """The response counters report the CPU and DB figures of the access line's snapshot."""
+    with aiohttp_server(make_app()) as base:
+        with httpx.Client(timeout=10) as c:
+            assert c.get(f"{base}/work", params={"n": 3}).status_code == 200
+            records.wait_access(1)
+            text = c.get(f"{base}/metrics").text
+    (rec,) = [r for r in records.wait_access(1) if r.access["uri"].startswith("/work")]  # type: ignore[attr-defined]
+    acc = rec.access  # type: ignore[attr-defined]
+    smp = samples(text)
+    cpu = value(smp, "logcontext_http_server_response_ru_utime_seconds_total", servlet="work")
+    assert acc["ru_utime"] > 0
+    assert abs(cpu - acc["ru_utime"]) <= 1e-6, (cpu, acc["ru_utime"])
+    assert (
+        value(smp, "logcontext_http_server_response_db_txn_count_total", servlet="work")
+        == acc["db_txn_count"]
+        == 3
+    )
+
+
 def test_dbevts_and_legacy_layout(records: RecordCollector) -> None:
     """The legacy layout drops ``ru=``/``db=`` labels; ``dbevts`` shows the event fetches."""
     with aiohttp_server(make_app(access_line_format="legacy", site_tag="legacy")) as base:
