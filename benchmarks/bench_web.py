@@ -410,6 +410,12 @@ def web_suite(args: Any) -> bool:
                     f"{'PASS' if rt <= 1.05 else 'FAIL'}, cpu {rc:.3f} {'PASS' if rc <= 1.05 else 'FAIL'} "
                     "(bound 1.05)"
                 )
+            # The floor of W1: an empty aiohttp middleware (one that only awaits the handler)
+            # against none. Any aiohttp middleware pays aiohttp's middleware dispatch.
+            suite.note(
+                f"W1 floor (pass-through middleware / none): time {m(PASS) / m(NONE):.3f}, "
+                f"cpu {cpu_med[PASS] / cpu_med[NONE]:.3f} (bound 1.05)"
+            )
             suite.note(
                 "ratios of minima (robust to interference): "
                 + ", ".join(
