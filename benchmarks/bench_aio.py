@@ -129,34 +129,27 @@ def _floor_reset() -> None:
     _floor_local.pend = collections.defaultdict(int)
 
 
-class _FloorTpc(_Proxy):
-    """Floor of a ledger meter on ``perf_counter_ns`` (``wall``/``sampled``: two wall reads)."""
+def _floor_meter(clock: Callable[[], int], doc: str) -> type[_Proxy]:
+    """A floor meter on ``clock`` (bound as a default argument: a local read, like a global)."""
 
-    __slots__ = ()
+    class _Floor(_Proxy):
+        __slots__ = ()
 
-    def send(self, v: Any) -> Any:
-        pend = _floor_local.pend
-        ctx = current_context()
-        t = tpc()
-        try:
-            return self._c.send(v)
-        finally:
-            pend[ctx] += tpc() - t
+        def send(self, v: Any, _clock: Callable[[], int] = clock) -> Any:
+            pend = _floor_local.pend
+            ctx = current_context()
+            t = _clock()
+            try:
+                return self._c.send(v)
+            finally:
+                pend[ctx] += _clock() - t
+
+    _Floor.__doc__ = doc
+    return _Floor
 
 
-class _FloorTtt(_Proxy):
-    """Floor of a ledger meter on ``thread_time_ns`` (``cpu exact``: two thread-clock reads)."""
-
-    __slots__ = ()
-
-    def send(self, v: Any) -> Any:
-        pend = _floor_local.pend
-        ctx = current_context()
-        t = ttt()
-        try:
-            return self._c.send(v)
-        finally:
-            pend[ctx] += ttt() - t
+_FloorTpc = _floor_meter(tpc, "Floor of a ledger meter on ``perf_counter_ns`` (``wall``/``sampled``).")
+_FloorTtt = _floor_meter(ttt, "Floor of a ledger meter on ``thread_time_ns`` (``cpu exact``).")
 
 
 def _factory_for(cls: type[_Proxy]) -> Callable[..., Any]:
