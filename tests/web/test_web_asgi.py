@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from typing import Any
 
 import httpx
@@ -152,6 +153,27 @@ def test_request_id_visible_in_exception_handler(records: RecordCollector, metri
     smp = samples(text)
     assert value(smp, "logcontext_http_server_responses_total", code="500", method="GET") == 1
     assert value(smp, "logcontext_http_server_requests_received_total", servlet="boom") == 1
+
+
+def test_response_metrics_match_the_access_line(records: RecordCollector, metrics: Metrics) -> None:
+    """The response counters report the CPU and event figures of the access line's snapshot."""
+    with uvicorn_server(starlette_app()) as base:
+        assert httpx.get(f"{base}/named").status_code == 200
+        (rec,) = records.wait_access(1)
+        # The metrics are recorded just after the line, on the server's thread: wait for them.
+        deadline = time.monotonic() + 10
+        while True:
+            smp = samples(__import__("prometheus_client").generate_latest(metrics.registry).decode())
+            if value(smp, "logcontext_http_server_response_time_seconds_count", servlet="named_route"):
+                break
+            assert time.monotonic() < deadline, "response metrics were never recorded"
+            time.sleep(0.01)
+    acc = rec.access  # type: ignore[attr-defined]
+    cpu = value(smp, "logcontext_http_server_response_ru_utime_seconds_total", servlet="named_route")
+    assert acc["ru_utime"] > 0
+    assert abs(cpu - acc["ru_utime"]) <= 1e-6, (cpu, acc["ru_utime"])
+    fetches = value(smp, "logcontext_http_server_response_evt_db_fetch_count_total", servlet="named_route")
+    assert fetches == acc["evt_db_fetch_count"] == 4
 
 
 def test_raw_app_exception_gets_500_and_line(records: RecordCollector) -> None:
