@@ -35,6 +35,7 @@ All suites run in the live configuration, printed first with the library's defau
 
 from __future__ import annotations
 
+import contextvars
 import statistics
 import sys
 import time
@@ -167,18 +168,13 @@ def _ours(provider: TracerProvider, n: int, *, in_context: bool, record_usage: b
         use(None)
 
 
-_floor_var: Any = None
+_floor_var: contextvars.ContextVar[Any] = contextvars.ContextVar("floor")
 
 
 def b_floor_batch(n: int) -> float:
     """The least a traced context following spec §6.1/§6.2 does besides the span: a child
     context (a ``ContextVar`` set/reset standing for its enter/exit), one thread-clock read to
     make its CPU final, and the usage attributes built and stored in the span's own dict."""
-    global _floor_var
-    import contextvars
-
-    if _floor_var is None:
-        _floor_var = contextvars.ContextVar("floor")
     var = _floor_var
     use(None)
     drain(BATCH)
