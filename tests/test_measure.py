@@ -109,6 +109,25 @@ def test_block_cpu_is_final_when_the_block_exits(metrics: Metrics) -> None:
         _ledger.set_sample_window(1.0)
 
 
+def test_an_uninterrupted_block_closes_no_window(metrics: Metrics) -> None:
+    """sampled mode: a block that never switches is measured by a thread-clock pair at its exit;
+    reporting its figures closes no sampling window."""
+    logcontext.configure(clock="cpu", step_mode="sampled")
+    _ledger.set_sample_window(10_000)
+    try:
+        with LoggingContext("req"):
+            _ledger.settle_pending()
+            windows = _ledger.stats.windows
+            with Measure("burn"):
+                end = time.thread_time() + 0.002
+                while time.thread_time() < end:
+                    pass
+            assert _ledger.stats.windows == windows
+        assert values(metrics)[("logcontext_block_ru_utime_seconds_total", "burn")] >= 0.0019
+    finally:
+        _ledger.set_sample_window(1.0)
+
+
 def test_in_flight_gauges(metrics: Metrics) -> None:
     """While a block runs it shows in the in-flight gauges; afterwards it does not."""
     with LoggingContext("req"), Measure("slow"):

@@ -8,6 +8,7 @@ that no spurious ``late-usage`` report comes out of the deferral.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -210,3 +211,119 @@ def test_dropped_root_contexts_are_not_charged_but_the_thread_total_is(
     assert charged == [kept]
     assert led.attributed_ns - before == 11 * 100_000
     assert kept.get_resource_usage().ru_utime == pytest.approx(0.0001)
+
+
+# -- armed blocks (``_ledger.arm_exact``): spans and Measure blocks final at their exit ----------
+
+
+def _armed(name: str, parent: LoggingContext | None = None) -> LoggingContext:
+    """A context entered and armed the way ``start_span`` and ``Measure`` do it."""
+    ctx = LoggingContext(name, parent_context=parent)
+    ctx.__enter__()
+    _ledger.arm_exact(ctx)
+    return ctx
+
+
+def test_an_armed_block_is_charged_at_its_exit_without_a_window_close(sampled: None) -> None:
+    """An armed block that never switches is charged its thread-clock delta at its exit: it is
+    not left pending, and reading it closes no window."""
+    with LoggingContext("warm"):
+        pass
+    _ledger.settle_pending()
+    led = _ledger.get_ledger()
+    windows = _ledger.stats.windows
+    with LoggingContext("p") as p:
+        c = _armed("c", p)
+        _burn(0.002)
+        c.__exit__(None, None, None)
+        assert c not in led.pend
+        assert c._u is not None and c._u.ru_utime >= 0.0019  # charged at the exit
+        assert c.get_resource_usage().ru_utime == c._u.ru_utime
+        assert p.get_resource_usage().ru_utime >= c._u.ru_utime  # rolled up at once
+    assert _ledger.stats.windows == windows + 1  # p's read closed the window, c's did not
+    assert c.late_usage is None and p.late_usage is None
+
+
+def test_an_armed_blocks_cpu_is_taken_out_of_its_window(sampled: None) -> None:
+    """Conservation holds exactly with armed blocks (their CPU leaves the window's split), and
+    the enclosing context gets its own share plus the block's, not the block's twice."""
+    with LoggingContext("warm"):
+        pass
+    _ledger.settle_pending()
+    led = _ledger.get_ledger()
+    total0, clock0 = led.attributed_ns + led.unattributed_ns, led.last_u
+    with LoggingContext("p") as p:
+        _burn(0.001)
+        c = _armed("c", p)
+        _burn(0.002)
+        c.__exit__(None, None, None)
+        _burn(0.001)
+    _ledger.settle_pending()
+    assert led.attributed_ns + led.unattributed_ns - total0 == led.last_u - clock0
+    own = p.get_resource_usage().ru_utime - c.get_resource_usage().ru_utime
+    assert 0.0019 <= own <= led.last_u * 1e-9 - clock0 * 1e-9 - 0.0019
+
+
+def test_a_nested_context_in_an_armed_block_is_charged_as_usual(sampled: None) -> None:
+    """A switch inside an armed block (here a nested context) disarms it: the block is charged
+    through the window, and its CPU is counted once."""
+    with LoggingContext("p") as p:
+        c = _armed("c", p)
+        with LoggingContext("g", parent_context=c) as g:
+            _burn(0.002)
+        c.__exit__(None, None, None)
+    assert c in _ledger.get_ledger().pend  # left pending: the usual deferred exit
+    g_cpu = g.get_resource_usage().ru_utime
+    c_cpu = c.get_resource_usage().ru_utime
+    assert 0.0019 <= g_cpu <= c_cpu < 2 * g_cpu
+    assert p.get_resource_usage().ru_utime < 2 * g_cpu
+
+
+def test_an_armed_block_that_awaits_gets_none_of_the_other_tasks_cpu(sampled: None) -> None:
+    """An armed block suspended while another task burns is charged only its own steps."""
+
+    async def other() -> None:
+        with LoggingContext("other"):
+            _burn(0.01)
+
+    async def main() -> tuple[float, float]:
+        with LoggingContext("p") as p:
+            c = _armed("c", p)
+            task = asyncio.get_running_loop().create_task(other())
+            _burn(0.001)
+            await asyncio.sleep(0)  # ``other`` runs its 10 ms here
+            _burn(0.001)
+            c.__exit__(None, None, None)
+            await task
+        return c.get_resource_usage().ru_utime, p.get_resource_usage().ru_utime
+
+    c_cpu, p_cpu = aio.run(main())
+    assert 0.0019 <= c_cpu <= p_cpu < 0.008
+
+
+def test_exact_mode_armed_exit_charges_the_last_interval_at_once(scalar_exact: list[int]) -> None:
+    """exact (scalar clock): an armed block's exit charges its CPU directly, nothing pending."""
+    now = scalar_exact
+    with LoggingContext("p") as p:
+        c = _armed("c", p)
+        now[0] += 700_000
+        c.__exit__(None, None, None)
+        led = _ledger.get_ledger()
+        assert c not in led.pend
+        assert c._u is not None and c._u.ru_utime == pytest.approx(0.0007)
+        now[0] += 300_000
+    assert p.get_resource_usage().ru_utime == pytest.approx(0.001)
+
+
+def test_arming_needs_the_context_charged_on_this_thread(sampled: None) -> None:
+    """arm_exact on a context that is not the one charged here does nothing."""
+    c = LoggingContext("c")
+    _ledger.arm_exact(c)  # never entered
+    assert _ledger.get_ledger().fin is None
+    logcontext.configure(clock="off")
+    try:
+        with LoggingContext("d") as d:
+            _ledger.arm_exact(d)  # metering off: the ledger does not follow contexts
+        assert _ledger.get_ledger().fin is None
+    finally:
+        logcontext.configure(clock="cpu", step_mode="sampled")

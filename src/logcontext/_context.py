@@ -519,11 +519,14 @@ class LoggingContext:
                     # _ledger.switch's ``sampled`` branch, inlined: the usual exit
                     now = led.wall()
                     led.charged = restored
-                    d = now - led.wlast
-                    led.pend[self] += d
-                    led.wlast = now
-                    if now >= led.wdl:
-                        _ledger.close_window(led, now, self, d)
+                    if led.fin is self:
+                        _ledger.finish_exact_sampled(led, self, now)
+                    else:
+                        d = now - led.wlast
+                        led.pend[self] += d
+                        led.wlast = now
+                        if now >= led.wdl:
+                            _ledger.close_window(led, now, self, d)
                 elif fast == 1:
                     # the scalar-clock branch: the CPU since the last switch is exact
                     now = led.clk()
@@ -532,7 +535,13 @@ class LoggingContext:
                     led.charged = restored
                     if d < 0:
                         d = _ledger._regression(d, 0)[0]
-                    led.pend[self] += d
+                    if led.fin is self:
+                        # armed (``_ledger.arm_exact``): charge the last interval now
+                        led.fin = None
+                        led.attributed_ns += d
+                        self._charge_ns(d, 0)
+                    else:
+                        led.pend[self] += d
                     if now >= led.wdl:
                         _ledger.close_window(led, now)
                 elif led.charged is not restored:

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Ledger",
+    "arm_exact",
     "checkpoint",
     "get_ledger",
     "in_progress",
@@ -120,6 +121,9 @@ class Ledger:
         "depth",
         "end_cp",
         "fast",
+        "fin",
+        "fin_mark",
+        "fin_t0",
         "flags_gen",
         "ident",
         "last_s",
@@ -128,6 +132,7 @@ class Ledger:
         "mode_generation",
         "pend",
         "sampled",
+        "taken",
         "thread_label",
         "unattributed_ns",
         "wall",
@@ -158,6 +163,8 @@ class Ledger:
         self.window_ns = _window_ns
         self.wall = _wall
         self.wlast = self.wopen = self.wdl = 0
+        self.fin: Any = None
+        self.fin_mark = self.fin_t0 = self.taken = 0
         self.flags_gen = -1
         self.mode_generation = _clock._generation
         r = _clock._reader()
@@ -216,6 +223,8 @@ def _reconfigure(led: Ledger) -> None:
         _flush_exact(led)  # CPU measured exactly under the old settings: keep it
     led.pend.clear()
     led.lat.clear()
+    led.fin = None
+    led.taken = 0
     led.flags_gen = gen = _clock._generation
     mode = config.step_mode
     metering = _clock._metering
@@ -395,6 +404,62 @@ def switch(led: Ledger, new: Any) -> None:
         old._charge_ns(du, ds)
 
 
+def arm_exact(ctx: Any) -> None:
+    """Measure ``ctx``, just entered and charged on this thread, exactly until it exits.
+
+    For blocks whose figures are read at their exit (spans, ``Measure``): if no switch
+    happens on this thread before ``ctx`` exits, its exit charges the block's CPU at once
+    (``sampled``: a thread-clock pair around the block; ``exact``/``lazy``: the last
+    interval) instead of leaving it pending in the window, so reading its usage right
+    after needs no window close. A block that switches (awaits, enters a nested context)
+    is charged as usual.
+    """
+    try:
+        led = _local.ledger
+    except AttributeError:
+        return
+    if led.charged is not ctx or led.flags_gen != _clock._generation:
+        return
+    fast = led.fast
+    if fast == 2:
+        clk = led.cpuclk
+        # Only with the real wall clock: the test below relies on two switches never
+        # reading the same wall time.
+        if clk is None or led.wall is not time.perf_counter_ns:
+            return
+        led.fin_mark = led.wlast
+        led.fin_t0 = clk()
+    elif fast != 1:
+        return
+    led.fin = ctx
+
+
+def finish_exact_sampled(led: Ledger, ctx: Any, now: int) -> None:
+    """The ``sampled`` exit of an armed context (see :func:`arm_exact`); ``ctx`` was charged.
+
+    The caller has made the restored context charged from ``now``. Uninterrupted (no
+    switch since the enter: ``wlast`` unchanged), the block's thread-clock delta is charged
+    now and taken out of the window's CPU; otherwise the exit is the usual one.
+    """
+    led.fin = None
+    if led.wlast == led.fin_mark and led.cpuclk is not None:
+        cpu = led.cpuclk() - led.fin_t0
+        if cpu < 0:
+            cpu = _regression(cpu, 0)[0]
+        led.wlast = now
+        led.taken += cpu
+        led.attributed_ns += cpu
+        ctx._charge_ns(cpu, 0)
+        if now >= led.wdl:
+            close_window(led, now)
+        return
+    d = now - led.wlast
+    led.pend[ctx] += d
+    led.wlast = now
+    if now >= led.wdl:
+        close_window(led, now, ctx, d)
+
+
 def _charge_one(led: Ledger, ctx: Any, ns: int) -> None:
     """Charge one context (and its ancestors); late only if it was finished when recorded."""
     lat = led.lat
@@ -491,6 +556,11 @@ def close_window(led: Ledger, now: int, last: Any = None, d_last: int = 0) -> li
         led.last_u = u
         if du < 0:
             du = _regression(du, 0)[0]
+        taken = led.taken
+        if taken:
+            # CPU of armed blocks, charged exactly at their exit (see ``arm_exact``).
+            led.taken = 0
+            du = du - taken if du > taken else 0
     else:
         r = _clock._reader()
         if r is None:

@@ -12,6 +12,7 @@ from typing import Any, ParamSpec, TypeVar, cast, overload
 from logcontext import LoggingContext, current_context
 
 from . import _bgmetrics
+from ._ledger import arm_exact as _arm_exact
 
 __all__ = ["Measure", "measure_func"]
 
@@ -75,6 +76,7 @@ class Measure:
             b = self._block = m.block(self.name, server)
             b.in_flight.add(self)
         ctx.__enter__()
+        _arm_exact(ctx)  # the block's figures final at its exit, no window close
         if self.span:
             self._span_cm = _start_block_span(self.name)
         return self
@@ -98,8 +100,8 @@ class Measure:
         duration = _monotonic() - self.start
         self._block = None
         b.in_flight.discard(self)
-        # The exit leaves the child's CPU pending while the sampling window is young:
-        # get_resource_usage() closes the window on this thread, so the figures are final.
+        # An interrupted block's exit leaves its CPU pending while the sampling window is
+        # young: get_resource_usage() closes the window on this thread, so the figures are final.
         b.add(duration, ctx.get_resource_usage())
 
     def get_resource_usage(self) -> Any:

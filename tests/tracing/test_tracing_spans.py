@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 from _tracing_harness import Finished, Harness
 
+import logcontext
 import logcontext.tracing as lt
-from logcontext import LoggingContext, current_context
+from logcontext import LoggingContext, _ledger, current_context
 from logcontext.tracing._bg import start_background_span
 
 USAGE_KEYS = (
@@ -99,6 +100,25 @@ def test_usage_attributes_equal_child_context_usage(tracing: Harness) -> None:
     assert by["outer"].attributes["logcontext.db.txn_count"] == 2
     assert by["inner"].attributes["logcontext.db.event_fetches"] == 3
     assert req.get_resource_usage().db_txn_count == 2
+
+
+def test_sampled_span_cpu_is_final_at_its_exit_without_a_window_close(tracing: Harness) -> None:
+    """sampled mode: a span block that never switches is measured by a thread-clock pair, so its
+    CPU attribute covers the block and ending the span closes no sampling window."""
+    logcontext.configure(clock="cpu", step_mode="sampled")
+    _ledger.set_sample_window(10_000)  # no window closes on its own during the test
+    try:
+        with LoggingContext("req"):
+            _ledger.settle_pending()
+            windows = _ledger.stats.windows
+            with lt.start_span("burn"):
+                end = time.thread_time() + 0.002
+                while time.thread_time() < end:
+                    pass
+            assert _ledger.stats.windows == windows
+    finally:
+        _ledger.set_sample_window(1.0)
+    assert tracing.by_name()["burn"].attributes["logcontext.cpu.user_s"] >= 0.0019
 
 
 def test_usage_off_and_sentinel(make_harness: Any) -> None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Final, TypedDict, TypeVar, Unpack, cast, 
 
 from .. import _config, _hooks, _misuse
 from .._context import LoggingContext, PreserveLoggingContext, current_context
+from .._ledger import arm_exact as _arm_exact
 from ._base import (
     ACTIVATE_FAILED,
     NULL_SPAN,
@@ -582,13 +583,14 @@ class _SpanScope(_ScopeBase):
             if recording:
                 ctx = current_context()
                 if ctx:  # a LoggingContext (the sentinel is falsy)
-                    child = LoggingContext(str(ctx), parent_context=ctx)
+                    child = LoggingContext(ctx.name, parent_context=ctx)  # named str(ctx)
                     child.span = span
                     self._child = child
                     if self._preserve:
                         self._enter_child()
                     else:
                         child.__enter__()
+                        _arm_exact(child)  # its figures final at its exit, no window close
         return span
 
     def _enter_child(self) -> None:
