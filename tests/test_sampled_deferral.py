@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 import logcontext
-from logcontext import LoggingContext, _ledger, _usage, aio
+from logcontext import LoggingContext, PreserveLoggingContext, _ledger, _usage, aio
 
 
 @pytest.fixture
@@ -327,3 +327,18 @@ def test_arming_needs_the_context_charged_on_this_thread(sampled: None) -> None:
         assert _ledger.get_ledger().fin is None
     finally:
         logcontext.configure(clock="cpu", step_mode="sampled")
+
+
+@pytest.mark.misuse_ok
+def test_only_the_cpu_charged_after_the_exit_is_late(scalar_exact: list[int]) -> None:
+    """exact (scalar clock): a context charged while it ran and again after its exit, in one
+    window, has only the later CPU reported late; the in-block share is charged in time."""
+    now = scalar_exact
+    p = LoggingContext("p")
+    with p:
+        now[0] += 400_000
+    assert p in _ledger.get_ledger().pend  # the in-block share is still pending
+    with PreserveLoggingContext(p):  # work still running in the finished context
+        now[0] += 100_000
+    assert p.get_resource_usage().ru_utime == pytest.approx(0.0005)
+    assert p.late_usage is not None and p.late_usage.ru_utime == pytest.approx(0.0001)

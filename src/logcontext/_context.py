@@ -448,7 +448,7 @@ class LoggingContext:
                         else:
                             led.pend[old] += d
                             if old.finished:
-                                led.lat.add(old)
+                                _ledger.went_late(led, old, now, d)
                         if now >= led.wdl:
                             _ledger.close_window(led, now)
                     elif fast == 2 and led.flags_gen == _clock._generation:
@@ -460,7 +460,7 @@ class LoggingContext:
                             led.pend[old] += d
                             led.wlast = now
                             if old.finished:
-                                led.lat.add(old)
+                                _ledger.went_late(led, old, now, d)
                             if now >= led.wdl:
                                 _ledger.close_window(led, now, old, d)
                         else:

@@ -50,6 +50,7 @@ __all__ = [
     "set_sample_window",
     "settle_pending",
     "stats",
+    "went_late",
 ]
 
 _SENTINEL: Any = SENTINEL_CONTEXT
@@ -132,6 +133,7 @@ class Ledger:
         "mode_generation",
         "pend",
         "sampled",
+        "sgen",
         "taken",
         "thread_label",
         "unattributed_ns",
@@ -140,6 +142,7 @@ class Ledger:
         "window_ns",
         "wlast",
         "wopen",
+        "xgen",
     )
 
     charged: LoggingContext | Any
@@ -165,7 +168,7 @@ class Ledger:
         self.wlast = self.wopen = self.wdl = 0
         self.fin: Any = None
         self.fin_mark = self.fin_t0 = self.taken = 0
-        self.flags_gen = -1
+        self.flags_gen = self.xgen = self.sgen = -1
         self.mode_generation = _clock._generation
         r = _clock._reader()
         self.last_u, self.last_s = r if r is not None else (0, 0)
@@ -258,14 +261,25 @@ def _reconfigure(led: Ledger) -> None:
         )
         led.clk = clk
         led.last_u = led.wopen = clk()
-        led.wdl = led.wopen + _window_ns
+        # Pending charges here are exact: the window only batches them (one lock per
+        # window), so it can be longer than a sampling window.
+        led.window_ns = _window_ns * EXACT_FLUSH_WINDOWS
+        led.wdl = led.wopen + led.window_ns
         led.last_s = 0
         led.mode_generation = gen
         led.fast = 1
     else:
         led.fast = 0
     led.sampled = sampled
+    # The one test of each dedicated step path (aio): ``sampled``, and ``exact`` on a scalar
+    # clock (``lazy`` and the generic switch share a third path).
+    led.sgen = gen if led.fast == 2 else -1
+    led.xgen = gen if led.fast == 1 and led.end_cp else -1
 
+
+#: In the ``exact``/``lazy`` modes a thread's pending (exact) charges are flushed every this
+#: many sampling windows (10 ms by default), or sooner by a read of the figures on that thread.
+EXACT_FLUSH_WINDOWS = 10
 
 #: Tests only: a scalar clock for the ``exact``/``lazy`` fast path (see ``use_scalar_clock``).
 _scalar_override: Callable[[], int] | None = None
@@ -289,7 +303,9 @@ def set_sample_window(ms: float) -> None:
     """Set the minimum window of the ``sampled`` step mode (default 1 ms).
 
     Longer windows read the thread clock less often; attribution drifts only
-    within a window. Applies at each thread's next checkpoint.
+    within a window. The ``exact`` and ``lazy`` modes charge the CPU they measured
+    (exactly) in batches, every ``EXACT_FLUSH_WINDOWS`` windows. Applies at each
+    thread's next checkpoint.
     """
     global _window_ns
     if not isinstance(ms, (int, float)) or isinstance(ms, bool) or ms < 0:
@@ -357,7 +373,7 @@ def switch(led: Ledger, new: Any) -> None:
             return
         led.pend[old] += d
         if old.finished:
-            led.lat.add(old)
+            went_late(led, old, now, d)
         # An exit does not close a young window either (see the ``sampled`` branch).
         if now >= led.wdl:
             close_window(led, now)
@@ -370,7 +386,7 @@ def switch(led: Ledger, new: Any) -> None:
             led.pend[old] += d
             led.wlast = now
             if old.finished:
-                led.lat.add(old)
+                went_late(led, old, now, d)
             # An exit does not close a young window: the exited context's share stays
             # pending (less than one window of CPU) until the next close, which
             # ``get_resource_usage()`` on this thread and ``settle_pending()`` force.
@@ -468,6 +484,31 @@ def _charge_one(led: Ledger, ctx: Any, ns: int) -> None:
         return
     lat.clear()
     ctx._charge_ns(ns, 0)
+
+
+def went_late(led: Ledger, ctx: Any, now: int, d: int) -> None:
+    """``d`` was just added to the pending share of ``ctx``, which has finished.
+
+    From now on the context's pending CPU is late. A share it had from before it finished
+    (CPU burnt while it ran) must not be reported late with it, so the window closes first
+    (rare: once per late context and window). In the scalar modes ``d`` is held back from that
+    close and stays late; in the ``sampled`` mode it is charged with the close (the CPU of
+    that one interval is only known within the window's total).
+    """
+    lat = led.lat
+    if ctx in lat:
+        return
+    pend = led.pend
+    if pend.get(ctx, 0) > d:
+        if led.fast == 1:
+            pend[ctx] -= d
+            close_window(led, now)
+            led.pend[ctx] += d
+        else:
+            close_window(led, now)
+            led.lat.add(ctx)
+            return
+    led.lat.add(ctx)
 
 
 def settle(current: Any) -> None:

@@ -45,6 +45,7 @@ _local = _ledger._local
 _get_ledger = _ledger.get_ledger
 _switch = _ledger.switch
 _close_window = _ledger.close_window
+_went_late = _ledger.went_late
 _SENTINEL: Any = SENTINEL_CONTEXT
 
 
@@ -74,25 +75,78 @@ class MeteredCoroutine(Coroutine[Any, Any, T]):
 
     def send(self, value: Any) -> Any:
         # The hot path (§2.3): a top-level step, with the ledger's fast switch paths inlined
-        # (``_ledger.switch`` is the reference; keep them in step). Nested steps (depth > 0,
-        # e.g. eager tasks) and the first step after a settings change go through ``_step``.
+        # (``_ledger.switch`` is the reference; keep them in step), one path per step mode so
+        # that a step tests its mode once. Nested steps (depth > 0, e.g. eager tasks) and the
+        # first step after a settings change go through ``_step``.
         try:
             led = _local.ledger
         except AttributeError:
             led = _get_ledger()
-        if led.depth or led.flags_gen != _clock._generation:
+        if led.depth:
             return self._step(led, led.charged, current_context(), value)
+        gen = _clock._generation
         saved = led.charged
         ctx = current_context()
-        fast = led.fast
-        if ctx is not saved:
-            if fast == 2:
+        if led.sgen == gen:
+            # ``sampled``: wall-clock shares of the window; every step ends in the sentinel.
+            if ctx is not saved:
                 now = led.wall()
                 if saved is not _SENTINEL:
                     led.pend[saved] += now - led.wlast
                 led.wlast = now
                 led.charged = ctx
-            elif fast == 1:
+            led.depth = 1
+            try:
+                return self._coro.send(value)
+            finally:
+                led.depth = 0
+                old = led.charged
+                if old is not _SENTINEL:
+                    now = led.wall()
+                    d = now - led.wlast
+                    led.pend[old] += d
+                    if old.finished:
+                        _went_late(led, old, now, d)
+                    led.charged = _SENTINEL  # ``wlast`` is read only while a context is charged
+                    if now >= led.wdl:
+                        _close_window(led, now, old, d)
+        if led.xgen == gen:
+            # ``exact`` on a scalar clock (``cpu``/``wall``): exact CPU, pending until the
+            # window closes; every step ends in the sentinel.
+            clk = led.clk
+            if ctx is not saved:
+                now = clk()
+                d = now - led.last_u
+                led.last_u = now
+                if saved is _SENTINEL:
+                    led.unattributed_ns += d
+                else:
+                    led.pend[saved] += d
+                    if saved.finished:
+                        _went_late(led, saved, now, d)
+                led.charged = ctx
+            led.depth = 1
+            try:
+                return self._coro.send(value)
+            finally:
+                led.depth = 0
+                old = led.charged
+                if old is not _SENTINEL:
+                    # ``led.clk`` again: a settings change inside the step may have replaced it
+                    now = led.clk()
+                    d = now - led.last_u
+                    led.pend[old] += d
+                    if old.finished:
+                        _went_late(led, old, now, d)
+                    led.last_u = now
+                    led.charged = _SENTINEL
+                    if now >= led.wdl:
+                        _close_window(led, now)
+        if led.flags_gen != gen:
+            return self._step(led, saved, ctx, value)
+        # ``lazy`` (no end-of-step checkpoint) and the generic switch (``rusage``, fake clocks)
+        if ctx is not saved:
+            if led.fast == 1:
                 now = led.clk()
                 d = now - led.last_u
                 led.last_u = now
@@ -101,7 +155,7 @@ class MeteredCoroutine(Coroutine[Any, Any, T]):
                 else:
                     led.pend[saved] += d
                     if saved.finished:
-                        led.lat.add(saved)
+                        _went_late(led, saved, now, d)
                 led.charged = ctx
             else:
                 _switch(led, ctx)
@@ -110,29 +164,8 @@ class MeteredCoroutine(Coroutine[Any, Any, T]):
             return self._coro.send(value)
         finally:
             led.depth = 0
-            if led.end_cp:
-                old = led.charged
-                if old is not _SENTINEL:
-                    if fast == 2:
-                        now = led.wall()
-                        d = now - led.wlast
-                        led.pend[old] += d
-                        if old.finished:
-                            led.lat.add(old)
-                        led.charged = _SENTINEL  # ``wlast`` is read only while a context is charged
-                        if now >= led.wdl:
-                            _close_window(led, now, old, d)
-                    elif fast == 1:
-                        now = led.clk()
-                        led.pend[old] += now - led.last_u
-                        if old.finished:
-                            led.lat.add(old)
-                        led.last_u = now
-                        led.charged = _SENTINEL
-                        if now >= led.wdl:
-                            _close_window(led, now)
-                    else:
-                        _switch(led, _SENTINEL)
+            if led.end_cp and led.charged is not _SENTINEL:
+                _switch(led, _SENTINEL)
 
     def _step(self, led: Any, saved: Any, ctx: Any, value: Any) -> Any:
         # Nested steps (an eager task's first step inside its creator's) and the first step
