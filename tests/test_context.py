@@ -304,3 +304,19 @@ def test_strict_fails_on_recorded_report() -> None:
             with ctx:
                 pass
             ctx.record_db_txn(0.1)  # late usage: recorded, not raised
+
+
+def test_child_context_builds_what_the_constructor_builds() -> None:
+    """The library's fast child constructor sets every slot the constructor sets, to the same values."""
+    from logcontext._context import child_context
+
+    parent = LoggingContext("p", server_name="hs", tag="t")
+    fast = child_context(parent)
+    built = LoggingContext("p", parent_context=parent)
+    for slot in LoggingContext.__slots__:
+        if slot == "__weakref__":
+            continue
+        assert hasattr(fast, slot) == hasattr(built, slot), slot
+        if hasattr(built, slot):
+            assert getattr(fast, slot) == getattr(built, slot), slot
+    assert fast.parent_context is parent and fast.server_name == "hs" and fast.tag == ""

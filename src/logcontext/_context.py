@@ -728,6 +728,25 @@ class LoggingContext:
         return res
 
 
+_new_object = object.__new__
+
+
+def child_context(parent: LoggingContext) -> LoggingContext:
+    """``LoggingContext(parent.name, parent_context=parent)`` without the argument checks.
+
+    For the library's own children of a context it already holds (spans' usage contexts,
+    ``Measure`` blocks): the same object the constructor builds, in a third of the time.
+    """
+    ctx: LoggingContext = _new_object(LoggingContext)
+    ctx.name = parent.name
+    ctx._ancestors = (parent, *parent._ancestors)
+    ctx.finished = False
+    ctx._token = None
+    ctx._u = None
+    ctx._extra = None
+    return ctx
+
+
 LoggingContextOrSentinel = LoggingContext | _Sentinel
 """Type of :func:`current_context`'s result."""
 

@@ -12,6 +12,7 @@ from typing import Any, ParamSpec, TypeVar, cast, overload
 from logcontext import LoggingContext, current_context
 
 from . import _bgmetrics
+from ._context import child_context as _child_context
 from ._ledger import arm_exact as _arm_exact
 
 __all__ = ["Measure", "measure_func"]
@@ -56,7 +57,7 @@ class Measure:
         if parent:
             # An inherited server name is not passed on: the child reads its parent's.
             ctx = (
-                LoggingContext(parent.name, parent_context=parent)
+                _child_context(parent)  # type: ignore[arg-type]  # truthy: a LoggingContext
                 if explicit is None
                 else LoggingContext(parent.name, parent_context=parent, server_name=explicit)
             )

@@ -18,8 +18,11 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, TypedDict, TypeVar, Unpack, cast, overload
 
 from .. import _config, _hooks, _misuse
-from .._context import LoggingContext, PreserveLoggingContext, current_context
+from .. import clock as _clock
+from .._context import LoggingContext, PreserveLoggingContext, _usage_lock, current_context
+from .._context import child_context as _child_context
 from .._ledger import arm_exact as _arm_exact
+from .._ledger import in_progress as _in_progress
 from ._base import (
     ACTIVATE_FAILED,
     NULL_SPAN,
@@ -230,36 +233,51 @@ def usage_attributes(ctx: LoggingContext) -> dict[str, AttributeValue]:
     """The §6.2 attributes for ``ctx``: name, server name, tag, inclusive CPU/DB/event usage.
 
     Every value is a ``str``, ``bool``, ``int`` or ``float`` (a non-``str`` server name or tag is
-    converted), so backends may store the dict without validating it again.
+    converted), so backends may store the dict without validating it again. The figures are
+    those ``ctx.get_resource_usage()`` returns, read without building a usage object.
     """
-    u = ctx.get_resource_usage()
+    with _usage_lock:
+        u = ctx._u
+        if u is None:
+            ut = st = txn_s = sched_s = 0.0
+            txn = evts = 0
+        else:
+            ut, st, txn, txn_s = u.ru_utime, u.ru_stime, u.db_txn_count, u.db_txn_duration_sec
+            sched_s, evts = u.db_sched_duration_sec, u.evt_db_fetch_count
     mode = _cfg.clock_mode
-    server = ctx.server_name
+    x = ctx._extra
+    server = x.server_name if x is not None else None
+    if server is None:
+        server = ctx.server_name
     if type(server) is not str:
         server = str(server)
     attrs: dict[str, AttributeValue]
     if mode != "off":
+        if _clock._metering:
+            sl = _in_progress(ctx)  # this thread's CPU not yet charged (after the copy above)
+            if sl is not None:
+                ut += sl[0] * 1e-9
+                st += sl[1] * 1e-9
         attrs = {
             "logcontext.name": ctx.name,
             "logcontext.server_name": server,
             "logcontext.cpu.clock": mode,
-            "logcontext.cpu.user_s": u.ru_utime,
-            "logcontext.cpu.system_s": u.ru_stime,
-            "logcontext.db.txn_count": u.db_txn_count,
-            "logcontext.db.txn_s": u.db_txn_duration_sec,
-            "logcontext.db.sched_s": u.db_sched_duration_sec,
-            "logcontext.db.event_fetches": u.evt_db_fetch_count,
+            "logcontext.cpu.user_s": ut,
+            "logcontext.cpu.system_s": st,
+            "logcontext.db.txn_count": txn,
+            "logcontext.db.txn_s": txn_s,
+            "logcontext.db.sched_s": sched_s,
+            "logcontext.db.event_fetches": evts,
         }
     else:
         attrs = {
             "logcontext.name": ctx.name,
             "logcontext.server_name": server,
-            "logcontext.db.txn_count": u.db_txn_count,
-            "logcontext.db.txn_s": u.db_txn_duration_sec,
-            "logcontext.db.sched_s": u.db_sched_duration_sec,
-            "logcontext.db.event_fetches": u.evt_db_fetch_count,
+            "logcontext.db.txn_count": txn,
+            "logcontext.db.txn_s": txn_s,
+            "logcontext.db.sched_s": sched_s,
+            "logcontext.db.event_fetches": evts,
         }
-    x = ctx._extra
     if x is not None:
         # The tag and late usage live in the context's rarely set fields (no fields: neither).
         tag = x.tag
@@ -583,7 +601,7 @@ class _SpanScope(_ScopeBase):
             if recording:
                 ctx = current_context()
                 if ctx:  # a LoggingContext (the sentinel is falsy)
-                    child = LoggingContext(ctx.name, parent_context=ctx)  # named str(ctx)
+                    child = _child_context(ctx)  # type: ignore[arg-type]  # truthy: a LoggingContext
                     child.span = span
                     self._child = child
                     if self._preserve:
