@@ -342,3 +342,22 @@ def test_only_the_cpu_charged_after_the_exit_is_late(scalar_exact: list[int]) ->
         now[0] += 100_000
     assert p.get_resource_usage().ru_utime == pytest.approx(0.0005)
     assert p.late_usage is not None and p.late_usage.ru_utime == pytest.approx(0.0001)
+
+
+def test_an_armed_block_that_exited_in_the_window_is_not_a_late_ancestor(
+    scalar_exact: list[int],
+) -> None:
+    """A nested context's share charged at the window close, after its armed parent exited
+    (charged at its own exit, so absent from the window's shares), is not late for it."""
+    now = scalar_exact
+    with LoggingContext("p") as p:
+        c = _armed("c", p)
+        with LoggingContext("g", parent_context=c) as g:
+            _ledger.settle_pending()  # a window closes: c's (empty) share goes with it
+            now[0] += 100_000
+        now[0] += 50_000
+        c.__exit__(None, None, None)
+    assert g in _ledger.get_ledger().pend  # still pending when c and p have exited
+    _ledger.settle_pending()
+    assert c.late_usage is None and p.late_usage is None
+    assert c.get_resource_usage().ru_utime == pytest.approx(0.00015)

@@ -540,6 +540,7 @@ class LoggingContext:
                         led.fin = None
                         led.attributed_ns += d
                         self._charge_ns(d, 0)
+                        led.ran.add(self)  # it ran in this window (see _ledger._charge_items)
                     else:
                         led.pend[self] += d
                     if now >= led.wdl:

@@ -132,6 +132,7 @@ class Ledger:
         "lat",
         "mode_generation",
         "pend",
+        "ran",
         "sampled",
         "sgen",
         "taken",
@@ -158,6 +159,7 @@ class Ledger:
         self.ident = threading.get_ident()
         self.pend = defaultdict(int)
         self.lat = set()
+        self.ran: set[Any] = set()
         self.fast = 0
         self.clk = _wall
         self.cpuclk: Callable[[], int] | None = None
@@ -228,6 +230,7 @@ def _reconfigure(led: Ledger) -> None:
     led.lat.clear()
     led.fin = None
     led.taken = 0
+    led.ran.clear()
     led.flags_gen = gen = _clock._generation
     mode = config.step_mode
     metering = _clock._metering
@@ -466,6 +469,7 @@ def finish_exact_sampled(led: Ledger, ctx: Any, now: int) -> None:
         led.taken += cpu
         led.attributed_ns += cpu
         ctx._charge_ns(cpu, 0)
+        led.ran.add(ctx)  # it ran in this window (its ancestors' late judgement at the close)
         if now >= led.wdl:
             close_window(led, now)
         return
@@ -476,11 +480,11 @@ def finish_exact_sampled(led: Ledger, ctx: Any, now: int) -> None:
         close_window(led, now, ctx, d)
 
 
-def _charge_one(led: Ledger, ctx: Any, ns: int) -> None:
+def _charge_one(led: Ledger, ctx: Any, ns: int, ran: set[Any] | None = None) -> None:
     """Charge one context (and its ancestors); late only if it was finished when recorded."""
     lat = led.lat
     if ctx.finished and ctx not in lat:
-        _charge_items([(ctx, ns, 0)], lat)
+        _charge_items([(ctx, ns, 0)], lat, None, ran)
         return
     lat.clear()
     ctx._charge_ns(ns, 0)
@@ -548,11 +552,14 @@ def settle_pending() -> None:
 def _flush_exact(led: Ledger) -> list[tuple[Any, int, int]]:
     """Charge the exactly measured pending CPU of the fast path."""
     pend = led.pend
+    ran = led.ran
+    if ran:
+        led.ran = set()
     if len(pend) == 1:
         ((ctx, d),) = pend.items()
         pend.clear()
         led.attributed_ns += d
-        _charge_one(led, ctx, d)
+        _charge_one(led, ctx, d, ran)
         return [(ctx, d, 0)]
     led.pend = defaultdict(int)  # ``pend`` stays the window's record for _charge_items
     lat = led.lat
@@ -565,7 +572,7 @@ def _flush_exact(led: Ledger) -> list[tuple[Any, int, int]]:
             items.append((ctx, d, 0))
     led.attributed_ns += total
     if items:
-        _charge_items(items, led.lat, pend)
+        _charge_items(items, led.lat, pend, ran)
     return items
 
 
@@ -614,6 +621,9 @@ def close_window(led: Ledger, now: int, last: Any = None, d_last: int = 0) -> li
             du, ds = _regression(du, ds)
     cpu = du + ds
     stats.windows += 1
+    ran = led.ran
+    if ran:
+        led.ran = set()
     if len(pend) == 1 and ds == 0:
         # One context in the window (a with-block, a lone request): no apportioning.
         ((ctx, w),) = pend.items()
@@ -623,7 +633,7 @@ def close_window(led: Ledger, now: int, last: Any = None, d_last: int = 0) -> li
             a = 0
         led.attributed_ns += a
         led.unattributed_ns += cpu - a
-        _charge_one(led, ctx, a)
+        _charge_one(led, ctx, a, ran)
         return [(ctx, a, 0)]
     if not pend:
         led.unattributed_ns += cpu
@@ -666,7 +676,7 @@ def close_window(led: Ledger, now: int, last: Any = None, d_last: int = 0) -> li
     led.attributed_ns += charged
     led.unattributed_ns += cpu - charged
     if items:
-        _charge_items(items, led.lat, pend)
+        _charge_items(items, led.lat, pend, ran)
     else:
         led.lat.clear()
     return items
@@ -713,7 +723,10 @@ _UNREFERENCED_IN_PEND: int = _unreferenced_in_pend_base() if _CPYTHON else -1
 
 
 def _charge_items(
-    items: list[tuple[Any, int, int]], lat: set[Any], window: dict[Any, int] | None = None
+    items: list[tuple[Any, int, int]],
+    lat: set[Any],
+    window: dict[Any, int] | None = None,
+    ran: set[Any] | None = None,
 ) -> None:
     """Charge deferred CPU to contexts and their ancestors under one acquisition of the lock.
 
@@ -721,7 +734,8 @@ def _charge_items(
     pending CPU was recorded (``lat``): one that finished before the window
     closed (e.g. exited in another ``Context``) had its CPU burnt in time.
     Ancestors are judged now, except those that ran on this thread during the
-    ``window`` (the shares being charged): they exited after the CPU was burnt.
+    ``window`` (the shares being charged, and ``ran``: armed blocks that exited in
+    it, charged at their exit): they exited after the CPU was burnt.
     """
     global _ctxmod
     if _ctxmod is None:
@@ -765,7 +779,7 @@ def _charge_items(
                 u.ru_utime += ut
                 if ds:
                     u.ru_stime += st
-                if c.finished and (window is None or c not in window):
+                if c.finished and (window is None or c not in window) and (not ran or c not in ran):
                     fin = [c] if fin is None else [*fin, c]
             if fin is not None:
                 late = [] if late is None else late

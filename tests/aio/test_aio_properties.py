@@ -14,9 +14,11 @@ import logcontext
 from logcontext import SENTINEL_CONTEXT, LoggingContext, _ledger, aio, current_context
 from logcontext.clock import FakeClock, use_clock
 
-# One op per list item: ("enter",), ("exit",), ("burn", us), ("yield",)
+# One op per list item: ("enter",), ("arm",) (enter, then arm like a span or Measure block),
+# ("exit",), ("burn", us), ("yield",)
 op = st.one_of(
     st.just(("enter",)),
+    st.just(("arm",)),
     st.just(("exit",)),
     st.tuples(st.just("burn"), st.integers(min_value=1, max_value=500)),
     st.just(("yield",)),
@@ -49,7 +51,8 @@ def _clocks(path: str) -> Iterator[FakeClock]:
 @given(progs=programs)
 def test_random_interleavings_never_leak_and_roll_up(mode: str, path: str, progs: list[list[tuple]]) -> None:
     """Each task only ever sees its own innermost context (or the one it inherited), ends where
-    it started, and every context's usage equals its own burns plus its children's usage."""
+    it started, and every context's usage equals its own burns plus its children's usage
+    (armed blocks included)."""
     logcontext.configure(step_mode=mode)  # type: ignore[arg-type]
     own: dict[LoggingContext, int] = {}
     children: dict[LoggingContext, list[LoggingContext]] = {}
@@ -62,7 +65,7 @@ def test_random_interleavings_never_leak_and_roll_up(mode: str, path: str, progs
             for o in prog:
                 top = stack[-1] if stack else base
                 assert current_context() is top
-                if o[0] == "enter":
+                if o[0] in ("enter", "arm"):
                     parent = top if isinstance(top, LoggingContext) else None
                     ctx = LoggingContext(f"c{len(own)}", parent_context=parent)
                     own[ctx] = 0
@@ -71,6 +74,8 @@ def test_random_interleavings_never_leak_and_roll_up(mode: str, path: str, progs
                         children[parent].append(ctx)
                     cms.append(ctx.__enter__())
                     stack.append(ctx)
+                    if o[0] == "arm":
+                        _ledger.arm_exact(ctx)
                 elif o[0] == "exit" and stack:
                     stack.pop()
                     cms.pop().__exit__(None, None, None)
