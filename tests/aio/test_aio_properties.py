@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -118,3 +119,62 @@ def test_random_interleavings_never_leak_and_roll_up(mode: str, path: str, progs
         assert got == pytest.approx(inclusive(ctx) * 1e-9, abs=1e-9)
         kids = sum(k.get_resource_usage().ru_utime for k in children[ctx])
         assert got == pytest.approx(own[ctx] * 1e-9 + kids, abs=1e-9)
+
+
+def _burn_us(us: int) -> None:
+    end = time.thread_time_ns() + us * 1000
+    while time.thread_time_ns() < end:
+        pass
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(progs=programs)
+def test_real_clock_sampled_armed_blocks_conserve_and_roll_up(progs: list[list[tuple]]) -> None:
+    """Real clocks, ``sampled``, short windows, armed and plain blocks interleaved across tasks:
+    the thread's attributed plus unattributed CPU equals its clock's advance exactly, a parent's
+    usage is at least the sum of its children's, and nothing is reported late."""
+    logcontext.configure(clock="cpu", step_mode="sampled")
+    _ledger.set_sample_window(0.05)
+    children: dict[LoggingContext, list[LoggingContext]] = {}
+    try:
+
+        async def run(prog: list[tuple]) -> None:
+            stack: list[LoggingContext] = []
+            for o in prog:
+                if o[0] in ("enter", "arm"):
+                    parent = stack[-1] if stack else None
+                    ctx = LoggingContext(f"c{len(children)}", parent_context=parent)
+                    children[ctx] = []
+                    if parent is not None:
+                        children[parent].append(ctx)
+                    ctx.__enter__()
+                    stack.append(ctx)
+                    if o[0] == "arm":
+                        _ledger.arm_exact(ctx)
+                elif o[0] == "exit" and stack:
+                    stack.pop().__exit__(None, None, None)
+                elif o[0] == "burn":
+                    _burn_us(min(o[1], 100))
+                elif o[0] == "yield":
+                    await asyncio.sleep(0)
+            while stack:
+                stack.pop().__exit__(None, None, None)
+
+        async def main() -> tuple[int, int]:
+            led = _ledger.get_ledger()
+            with LoggingContext("warm"):  # a switch applies the settings; settle closes the window
+                pass
+            _ledger.settle(SENTINEL_CONTEXT)
+            before = (led.attributed_ns + led.unattributed_ns, led.last_u)
+            await asyncio.gather(*(run(p) for p in progs))
+            _ledger.settle(SENTINEL_CONTEXT)
+            return led.attributed_ns + led.unattributed_ns - before[0], led.last_u - before[1]
+
+        accounted, advanced = aio.run(main())
+    finally:
+        _ledger.set_sample_window(1.0)
+    assert accounted == advanced
+    for ctx, kids in children.items():
+        assert ctx.late_usage is None
+        total = ctx.get_resource_usage().ru_utime
+        assert total >= sum(k.get_resource_usage().ru_utime for k in kids) - 1e-9
