@@ -361,3 +361,15 @@ def test_an_armed_block_that_exited_in_the_window_is_not_a_late_ancestor(
     _ledger.settle_pending()
     assert c.late_usage is None and p.late_usage is None
     assert c.get_resource_usage().ru_utime == pytest.approx(0.00015)
+
+
+def test_arming_twice_keeps_the_first_reading(sampled: None) -> None:
+    """A block armed again (a context span started inside an armed transaction) is charged from
+    its first arming, not from the second."""
+    with LoggingContext("p") as p:
+        c = _armed("c", p)
+        _burn(0.001)
+        _ledger.arm_exact(c)
+        _burn(0.001)
+        c.__exit__(None, None, None)
+        assert c._u is not None and c._u.ru_utime >= 0.0019

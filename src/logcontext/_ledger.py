@@ -437,8 +437,8 @@ def arm_exact(ctx: Any) -> None:
         led = _local.ledger
     except AttributeError:
         return
-    if led.charged is not ctx or led.flags_gen != _clock._generation:
-        return
+    if led.charged is not ctx or led.flags_gen != _clock._generation or led.fin is ctx:
+        return  # (armed already: the first arm's reading stands)
     fast = led.fast
     if fast == 2:
         clk = led.cpuclk

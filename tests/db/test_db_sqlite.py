@@ -172,6 +172,37 @@ async def test_worker_cpu_settled_before_the_caller_resumes(pool: DatabasePool) 
         _ledger.set_sample_window(saved_window_ms)
 
 
+async def test_a_transaction_is_charged_at_its_exit_without_a_window_close(
+    pool: DatabasePool,
+) -> None:
+    """cpu/sampled: the worker's context for a transaction that enters no context of its own is
+    armed, so its CPU is charged exactly when it exits and the hand-back closes no window."""
+    configure(clock="cpu", step_mode="sampled")
+    saved_window_ms = _ledger._window_ns / 1e6
+    _ledger.set_sample_window(10_000)
+    seen: dict[str, object] = {}
+
+    def burn(txn: Cursor) -> float:
+        seen["ctx"] = current_context()
+        t0 = time.thread_time()
+        while time.thread_time() - t0 < 0.002:
+            pass
+        return time.thread_time() - t0
+
+    try:
+        with LoggingContext("req") as req:
+            await pool.run_interaction("warm", lambda txn: None)
+            windows = _ledger.stats.windows
+            burnt = await pool.run_interaction("burn", burn)
+            assert _ledger.stats.windows == windows  # neither the worker nor the loop closed one
+            worker_ctx = seen["ctx"]
+            assert isinstance(worker_ctx, LoggingContext) and worker_ctx.parent_context is req
+            assert worker_ctx.get_resource_usage().ru_utime >= burnt * 0.95
+            assert req.get_resource_usage().ru_utime >= burnt * 0.95
+    finally:
+        _ledger.set_sample_window(saved_window_ms)
+
+
 async def test_saturated_pool_grows_scheduling_time(db_path: Path) -> None:
     """max_size=1 and two concurrent 50 ms transactions: the second waits >= 45 ms."""
     pool = DatabasePool.sqlite(db_path, max_size=1)

@@ -121,6 +121,31 @@ def test_sampled_span_cpu_is_final_at_its_exit_without_a_window_close(tracing: H
     assert tracing.by_name()["burn"].attributes["logcontext.cpu.user_s"] >= 0.0019
 
 
+def test_sampled_owned_span_usage_is_final_at_the_owners_exit_without_a_window_close(
+    tracing: Harness,
+) -> None:
+    """sampled mode: a context owning its span (request, background process, transaction style)
+    that never switches is charged at its exit; ending the span with its usage closes no window."""
+    logcontext.configure(clock="cpu", step_mode="sampled")
+    _ledger.set_sample_window(10_000)
+    try:
+        with LoggingContext("warm"):
+            pass
+        _ledger.settle_pending()
+        windows = _ledger.stats.windows
+        ctx = LoggingContext("txn")
+        with ctx, lt._api.start_context_span(ctx, "txn"):
+            end = time.thread_time() + 0.002
+            while time.thread_time() < end:
+                pass
+        assert _ledger.stats.windows == windows
+    finally:
+        _ledger.set_sample_window(1.0)
+    attrs = tracing.by_name()["txn"].attributes
+    assert attrs["logcontext.cpu.user_s"] >= 0.0019
+    assert attrs["logcontext.cpu.user_s"] == ctx.get_resource_usage().ru_utime
+
+
 def test_usage_off_and_sentinel(make_harness: Any) -> None:
     """No usage attributes outside a context, with ``record_usage=False``, or when disabled."""
     h = make_harness("otel")

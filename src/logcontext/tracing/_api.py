@@ -767,6 +767,15 @@ class _ContextSpanScope(_ScopeBase):
         if ctx is not None:
             ctx.span = span
             ctx.end_span_on_exit = True
+            if _record_usage:
+                try:
+                    recording = span.is_recording()
+                except Exception:
+                    recording = False
+                if recording:
+                    # The span gets ctx's usage at ctx's exit: if ctx is charged here and nothing
+                    # switches until then, its figures are final at its exit (no window close).
+                    _arm_exact(ctx)
         self._attach()
         return span
 
