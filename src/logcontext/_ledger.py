@@ -122,6 +122,7 @@ class Ledger:
         "depth",
         "end_cp",
         "fast",
+        "fgen",
         "fin",
         "fin_mark",
         "fin_t0",
@@ -143,7 +144,6 @@ class Ledger:
         "window_ns",
         "wlast",
         "wopen",
-        "xgen",
     )
 
     charged: LoggingContext | Any
@@ -170,7 +170,7 @@ class Ledger:
         self.wlast = self.wopen = self.wdl = 0
         self.fin: Any = None
         self.fin_mark = self.fin_t0 = self.taken = 0
-        self.flags_gen = self.xgen = self.sgen = -1
+        self.flags_gen = self.fgen = self.sgen = -1
         self.mode_generation = _clock._generation
         r = _clock._reader()
         self.last_u, self.last_s = r if r is not None else (0, 0)
@@ -274,10 +274,10 @@ def _reconfigure(led: Ledger) -> None:
     else:
         led.fast = 0
     led.sampled = sampled
-    # The one test of each dedicated step path (aio): ``sampled``, and ``exact`` on a scalar
-    # clock (``lazy`` and the generic switch share a third path).
+    # The one test of each dedicated step path (aio): ``sampled``; a scalar clock (``exact``
+    # and ``lazy``); anything else takes the generic switch.
     led.sgen = gen if led.fast == 2 else -1
-    led.xgen = gen if led.fast == 1 and led.end_cp else -1
+    led.fgen = gen if led.fast == 1 else -1
 
 
 #: In the ``exact``/``lazy`` modes a thread's pending (exact) charges are flushed every this

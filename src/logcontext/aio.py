@@ -110,10 +110,11 @@ class MeteredCoroutine(Coroutine[Any, Any, T]):
                     led.charged = _SENTINEL  # ``wlast`` is read only while a context is charged
                     if now >= led.wdl:
                         _close_window(led, now, old, d)
-        if led.xgen == gen:
-            # ``exact`` on a scalar clock (``cpu``/``wall``): exact CPU, pending until the
-            # window closes; every step ends in the sentinel.
+        if led.fgen == gen:
+            # A scalar clock (``cpu``/``wall``): exact CPU, pending until the window closes;
+            # ``exact`` ends every step in the sentinel, ``lazy`` leaves the context charged.
             clk = led.clk
+            exact = led.end_cp
             if ctx is not saved:
                 now = clk()
                 d = now - led.last_u
@@ -130,35 +131,24 @@ class MeteredCoroutine(Coroutine[Any, Any, T]):
                 return self._coro.send(value)
             finally:
                 led.depth = 0
-                old = led.charged
-                if old is not _SENTINEL:
-                    # ``led.clk`` again: a settings change inside the step may have replaced it
-                    now = led.clk()
-                    d = now - led.last_u
-                    led.pend[old] += d
-                    if old.finished:
-                        _went_late(led, old, now, d)
-                    led.last_u = now
-                    led.charged = _SENTINEL
-                    if now >= led.wdl:
-                        _close_window(led, now)
+                if exact:
+                    old = led.charged
+                    if old is not _SENTINEL:
+                        # ``led.clk`` again: a settings change inside the step may have replaced it
+                        now = led.clk()
+                        d = now - led.last_u
+                        led.pend[old] += d
+                        if old.finished:
+                            _went_late(led, old, now, d)
+                        led.last_u = now
+                        led.charged = _SENTINEL
+                        if now >= led.wdl:
+                            _close_window(led, now)
         if led.flags_gen != gen:
             return self._step(led, saved, ctx, value)
-        # ``lazy`` (no end-of-step checkpoint) and the generic switch (``rusage``, fake clocks)
+        # The generic switch (``rusage``, fake clocks).
         if ctx is not saved:
-            if led.fast == 1:
-                now = led.clk()
-                d = now - led.last_u
-                led.last_u = now
-                if saved is _SENTINEL:
-                    led.unattributed_ns += d
-                else:
-                    led.pend[saved] += d
-                    if saved.finished:
-                        _went_late(led, saved, now, d)
-                led.charged = ctx
-            else:
-                _switch(led, ctx)
+            _switch(led, ctx)
         led.depth = 1
         try:
             return self._coro.send(value)
