@@ -426,8 +426,9 @@ def switch(led: Ledger, new: Any) -> None:
 def arm_exact(ctx: Any) -> None:
     """Measure ``ctx``, just entered and charged on this thread, exactly until it exits.
 
-    For blocks whose figures are read at their exit (spans, ``Measure``): if no switch
-    happens on this thread before ``ctx`` exits, its exit charges the block's CPU at once
+    For blocks whose figures are read at their exit (span children, ``Measure`` blocks,
+    contexts that own a recording span, the database worker's transaction contexts): if no
+    switch happens on this thread before ``ctx`` exits, its exit charges the block's CPU at once
     (``sampled``: a thread-clock pair around the block; ``exact``/``lazy``: the last
     interval) instead of leaving it pending in the window, so reading its usage right
     after needs no window close. A block that switches (awaits, enters a nested context)
