@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -102,45 +103,51 @@ def test_usage_attributes_equal_child_context_usage(tracing: Harness) -> None:
     assert req.get_resource_usage().db_txn_count == 2
 
 
-def test_sampled_span_cpu_is_final_at_its_exit_without_a_window_close(tracing: Harness) -> None:
-    """sampled mode: a span block that never switches is measured by a thread-clock pair, so its
-    CPU attribute covers the block and ending the span closes no sampling window."""
-    logcontext.configure(clock="cpu", step_mode="sampled")
-    _ledger.set_sample_window(10_000)  # no window closes on its own during the test
-    try:
-        with LoggingContext("req"):
-            _ledger.settle_pending()
-            windows = _ledger.stats.windows
-            with lt.start_span("burn"):
-                end = time.thread_time() + 0.002
-                while time.thread_time() < end:
-                    pass
-            assert _ledger.stats.windows == windows
-    finally:
-        _ledger.set_sample_window(1.0)
-    assert tracing.by_name()["burn"].attributes["logcontext.cpu.user_s"] >= 0.0019
-
-
-def test_sampled_owned_span_usage_is_final_at_the_owners_exit_without_a_window_close(
-    tracing: Harness,
-) -> None:
-    """sampled mode: a context owning its span (request, background process, transaction style)
-    that never switches is charged at its exit; ending the span with its usage closes no window."""
+@pytest.fixture
+def sampled_windows() -> Iterator[Callable[[], int]]:
+    """cpu/sampled with a window no test outlasts; yields a count of the windows closed since
+    the fixture settled this thread's ledger."""
     logcontext.configure(clock="cpu", step_mode="sampled")
     _ledger.set_sample_window(10_000)
     try:
         with LoggingContext("warm"):
             pass
         _ledger.settle_pending()
-        windows = _ledger.stats.windows
-        ctx = LoggingContext("txn")
-        with ctx, lt._api.start_context_span(ctx, "txn"):
-            end = time.thread_time() + 0.002
-            while time.thread_time() < end:
-                pass
-        assert _ledger.stats.windows == windows
+        start = _ledger.stats.windows
+        yield lambda: _ledger.stats.windows - start
     finally:
         _ledger.set_sample_window(1.0)
+
+
+def _burn(seconds: float) -> None:
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+def test_sampled_span_cpu_is_final_at_its_exit_without_a_window_close(
+    tracing: Harness, sampled_windows: Callable[[], int]
+) -> None:
+    """sampled mode: a span block that never switches is measured by a thread-clock pair, so its
+    CPU attribute covers the block and ending the span closes no sampling window."""
+    with LoggingContext("req"):
+        _ledger.settle_pending()
+        closed = sampled_windows()
+        with lt.start_span("burn"):
+            _burn(0.002)
+        assert sampled_windows() == closed
+    assert tracing.by_name()["burn"].attributes["logcontext.cpu.user_s"] >= 0.0019
+
+
+def test_sampled_owned_span_usage_is_final_at_the_owners_exit_without_a_window_close(
+    tracing: Harness, sampled_windows: Callable[[], int]
+) -> None:
+    """sampled mode: a context owning its span (request, background process, transaction style)
+    that never switches is charged at its exit; ending the span with its usage closes no window."""
+    ctx = LoggingContext("txn")
+    with ctx, lt._api.start_context_span(ctx, "txn"):
+        _burn(0.002)
+    assert sampled_windows() == 0
     attrs = tracing.by_name()["txn"].attributes
     assert attrs["logcontext.cpu.user_s"] >= 0.0019
     assert attrs["logcontext.cpu.user_s"] == ctx.get_resource_usage().ru_utime
