@@ -538,9 +538,7 @@ class LoggingContext:
                     if led.fin is self:
                         # armed (``_ledger.arm_exact``): charge the last interval now
                         led.fin = None
-                        led.attributed_ns += d
-                        self._charge_ns(d, 0)
-                        led.ran.add(self)  # it ran in this window (see _ledger._charge_items)
+                        _ledger.charge_armed(led, self, d)
                     else:
                         led.pend[self] += d
                     if now >= led.wdl:
@@ -736,7 +734,8 @@ def child_context(parent: LoggingContext) -> LoggingContext:
     """``LoggingContext(parent.name, parent_context=parent)`` without the argument checks.
 
     For the library's own children of a context it already holds (spans' usage contexts,
-    ``Measure`` blocks): the same object the constructor builds, in a third of the time.
+    ``Measure`` blocks, the database worker's transaction contexts): the same object the
+    constructor builds, in a third of the time.
     """
     ctx: LoggingContext = _new_object(LoggingContext)
     ctx.name = parent.name

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Ledger",
     "arm_exact",
+    "charge_armed",
     "checkpoint",
     "get_ledger",
     "in_progress",
@@ -468,9 +469,7 @@ def finish_exact_sampled(led: Ledger, ctx: Any, now: int) -> None:
             cpu = _regression(cpu, 0)[0]
         led.wlast = now
         led.taken += cpu
-        led.attributed_ns += cpu
-        ctx._charge_ns(cpu, 0)
-        led.ran.add(ctx)  # it ran in this window (its ancestors' late judgement at the close)
+        charge_armed(led, ctx, cpu)
         if now >= led.wdl:
             close_window(led, now)
         return
@@ -479,6 +478,13 @@ def finish_exact_sampled(led: Ledger, ctx: Any, now: int) -> None:
     led.wlast = now
     if now >= led.wdl:
         close_window(led, now, ctx, d)
+
+
+def charge_armed(led: Ledger, ctx: Any, ns: int) -> None:
+    """Charge an armed context its block's CPU at its exit (see :func:`arm_exact`)."""
+    led.attributed_ns += ns
+    ctx._charge_ns(ns, 0)
+    led.ran.add(ctx)  # it ran in this window (its ancestors' late judgement at the close)
 
 
 def _charge_one(led: Ledger, ctx: Any, ns: int, ran: set[Any] | None = None) -> None:
