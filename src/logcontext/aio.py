@@ -75,9 +75,10 @@ class MeteredCoroutine(Coroutine[Any, Any, T]):
 
     def send(self, value: Any) -> Any:
         # The hot path (§2.3): a top-level step, with the ledger's fast switch paths inlined
-        # (``_ledger.switch`` is the reference; keep them in step), one path per step mode so
-        # that a step tests its mode once. Nested steps (depth > 0, e.g. eager tasks) and the
-        # first step after a settings change go through ``_step``.
+        # (``_ledger.switch`` is the reference; keep them in step), one path per kind of switch
+        # (``sampled``, a scalar clock, generic) so that a step tests its mode once. Nested steps
+        # (depth > 0, e.g. eager tasks) and the first step after a settings change go through
+        # ``_step``.
         try:
             led = _local.ledger
         except AttributeError:

@@ -246,9 +246,7 @@ def usage_attributes(ctx: LoggingContext) -> dict[str, AttributeValue]:
             sched_s, evts = u.db_sched_duration_sec, u.evt_db_fetch_count
     mode = _cfg.clock_mode
     x = ctx._extra
-    server = x.server_name if x is not None else None
-    if server is None:
-        server = ctx.server_name
+    server = ctx.server_name
     if type(server) is not str:
         server = str(server)
     attrs: dict[str, AttributeValue]
