@@ -17,6 +17,7 @@ import pytest
 
 import logcontext
 from logcontext import LoggingContext, PreserveLoggingContext, _ledger, _usage, aio
+from logcontext._context import enter_measured_child, exit_measured_child
 
 
 @pytest.fixture
@@ -373,3 +374,110 @@ def test_arming_twice_keeps_the_first_reading(sampled: None) -> None:
         _burn(0.001)
         c.__exit__(None, None, None)
         assert c._u is not None and c._u.ru_utime >= 0.0019
+
+
+# -- the fused measured child (``enter_measured_child`` / ``exit_measured_child``) ----------
+
+
+def _settled() -> _ledger.Ledger:
+    with LoggingContext("warm"):
+        pass
+    _ledger.settle_pending()
+    return _ledger.get_ledger()
+
+
+def test_a_measured_child_returns_final_figures_without_a_window_close(sampled: None) -> None:
+    """Uninterrupted, the measured child's exit charges its thread-clock delta and returns the
+    figures ``get_resource_usage()`` gives, already rolled up, with no window close."""
+    led = _settled()
+    with LoggingContext("p") as p:
+        windows = _ledger.stats.windows
+        c = enter_measured_child(p)
+        assert logcontext.current_context() is c and c.name == "p"
+        _burn(0.002)
+        figures = exit_measured_child(c)
+        assert _ledger.stats.windows == windows
+        assert logcontext.current_context() is p and c.finished
+        assert figures is not None and figures[0] >= 0.0019
+        assert c not in led.pend and led.fin is None
+        u = c.get_resource_usage()
+        assert figures == (
+            u.ru_utime,
+            u.ru_stime,
+            u.db_txn_count,
+            u.db_txn_duration_sec,
+            u.db_sched_duration_sec,
+            u.evt_db_fetch_count,
+        )
+        assert p.get_resource_usage().ru_utime >= figures[0]
+    assert c.late_usage is None and p.late_usage is None
+
+
+def test_a_measured_childs_figures_include_what_it_was_charged_before(sampled: None) -> None:
+    """Figures the block added itself (here DB time) come back with the CPU charged at exit."""
+    _settled()
+    with LoggingContext("p") as p:
+        c = enter_measured_child(p)
+        c.add_database_transaction(0.25)
+        figures = exit_measured_child(c)
+    assert figures is not None
+    assert figures[2] == 1 and figures[3] == pytest.approx(0.25)
+    assert p.get_resource_usage().db_txn_count == 1
+
+
+def test_a_measured_child_keeps_conservation_exact(sampled: None) -> None:
+    """Its CPU leaves the window's split: attributed plus unattributed equals the thread clock."""
+    led = _settled()
+    total0, clock0 = led.attributed_ns + led.unattributed_ns, led.last_u
+    with LoggingContext("p") as p:
+        _burn(0.001)
+        c = enter_measured_child(p)
+        _burn(0.002)
+        assert exit_measured_child(c) is not None
+        _burn(0.001)
+    _ledger.settle_pending()
+    assert led.attributed_ns + led.unattributed_ns - total0 == led.last_u - clock0
+    assert p.get_resource_usage().ru_utime - c.get_resource_usage().ru_utime >= 0.0019
+
+
+def test_a_measured_child_that_switches_falls_back_to_the_window(sampled: None) -> None:
+    """A nested context inside the block: the exit is the usual deferred one (no figures)."""
+    led = _settled()
+    with LoggingContext("p") as p:
+        c = enter_measured_child(p)
+        with LoggingContext("g", parent_context=c):
+            _burn(0.001)
+        assert exit_measured_child(c) is None
+        assert c in led.pend and c.finished
+        assert c.get_resource_usage().ru_utime >= 0.0009
+
+
+def test_a_measured_child_in_a_foreign_context_is_reported(
+    sampled: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Exited in another ``contextvars.Context``: reported as ``foreign-exit``, nothing raised,
+    no figures, the calling Context's current context left alone."""
+    import contextvars
+
+    with LoggingContext("p") as p:
+        c = enter_measured_child(p)
+        other = contextvars.copy_context()
+        with caplog.at_level("DEBUG", logger="logcontext.misuse"):
+            assert other.run(exit_measured_child, c) is None
+        assert logcontext.current_context() is c  # ours: untouched by the foreign exit
+        assert c.finished
+        assert any("different contextvars.Context" in r.getMessage() for r in caplog.records)
+        logcontext.set_current_context(p)  # undo the leak the foreign exit had to leave
+
+
+@pytest.mark.parametrize("mode", ["exact", "lazy"])
+def test_a_measured_child_in_the_scalar_modes_is_exact(scalar_exact: list[int], mode: str) -> None:
+    """Outside ``sampled`` the calls are enter, arm and exit: the last interval is charged."""
+    now = scalar_exact
+    logcontext.configure(step_mode=mode)
+    with _ledger.use_scalar_clock(lambda: now[0]):
+        with LoggingContext("p") as p:
+            c = enter_measured_child(p)
+            now[0] += 70_000
+            assert exit_measured_child(c) is None
+            assert c.get_resource_usage().ru_utime == pytest.approx(0.00007)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from contextvars import ContextVar, Token
 
 from . import _hooks, _ledger
@@ -37,6 +38,7 @@ _var_reset: Final = _current.reset
 
 _new_usage: Final = object.__new__
 _local: Final = _ledger._local  # the per-thread ledger slot (read on the hot path)
+_perf_ns: Final = time.perf_counter_ns
 
 #: One process-wide lock guards every addition to a context and its ancestors.
 _usage_lock = threading.Lock()
@@ -637,6 +639,45 @@ class LoggingContext:
             _ledger.stats.late_cpu_ns += du + ds
             self._late(late, ut, st, 0, 0.0, 0.0, 0)
 
+    def _charge_final(self, du: int) -> Figures:
+        """Charge user CPU nanoseconds as ``_charge_ns`` does, mark the context finished and
+        return its figures, read under the same acquisition of the lock."""
+        ut = du * 1e-9
+        late = None
+        with _usage_lock:
+            u = self._u
+            if u is None:
+                u = self._u = _new_usage(ContextResourceUsage)
+                u.ru_utime = ut
+                u.ru_stime = 0.0
+                u.db_txn_count = 0
+                u.db_txn_duration_sec = 0.0
+                u.db_sched_duration_sec = 0.0
+                u.evt_db_fetch_count = 0
+                figures: Figures = (ut, 0.0, 0, 0.0, 0.0, 0)
+            else:
+                u.ru_utime += ut
+                figures = (
+                    u.ru_utime,
+                    u.ru_stime,
+                    u.db_txn_count,
+                    u.db_txn_duration_sec,
+                    u.db_sched_duration_sec,
+                    u.evt_db_fetch_count,
+                )
+            for c in self._ancestors:
+                u = c._u
+                if u is None:
+                    u = c._u = ContextResourceUsage()
+                u.ru_utime += ut
+                if c.finished:
+                    late = [c] if late is None else [*late, c]
+            self.finished = True
+        if late is not None:
+            _ledger.stats.late_cpu_ns += du
+            self._late(late, ut, 0.0, 0, 0.0, 0.0, 0)
+        return figures
+
     def _add(self, ut: float, st: float, txn: int, txn_s: float, sched_s: float, evts: int) -> None:
         late = None
         with _usage_lock:
@@ -745,6 +786,111 @@ def child_context(parent: LoggingContext) -> LoggingContext:
     ctx._u = None
     ctx._extra = None
     return ctx
+
+
+#: Figures of a measured child, final at its exit: ``ru_utime``, ``ru_stime``,
+#: ``db_txn_count``, ``db_txn_duration_sec``, ``db_sched_duration_sec``, ``evt_db_fetch_count``.
+Figures = tuple[float, float, int, float, float, int]
+
+
+def enter_measured_child(parent: LoggingContext) -> LoggingContext:
+    """Build and enter a child of ``parent`` (the current context), armed to be measured exactly.
+
+    The same as ``c = child_context(parent); c.__enter__(); _ledger.arm_exact(c)``; the
+    ``sampled`` mode's usual case (``parent`` charged on this thread, the real clocks) takes
+    one inlined step: the switch and the thread-clock reading that :func:`exit_measured_child`
+    subtracts from its own.
+    """
+    ctx: LoggingContext = _new_object(LoggingContext)
+    ctx.name = parent.name
+    ctx._ancestors = (parent, *parent._ancestors)
+    ctx.finished = False
+    ctx._u = None
+    ctx._extra = None
+    if _clock._metering and not _trace_on:
+        try:
+            led = _local.ledger
+        except AttributeError:
+            led = None
+        if (
+            led is not None
+            and led.sgen == _clock._generation
+            and led.charged is parent
+            and not parent.finished
+            and led.wall is _perf_ns
+        ):
+            cpuclk = led.cpuclk
+            if cpuclk is not None:
+                ctx._token = _var_set(ctx)
+                # ``__enter__``'s ``sampled`` switch, then ``_ledger.arm_exact``
+                now = _perf_ns()
+                d = now - led.wlast
+                led.pend[parent] += d
+                led.wlast = now
+                led.charged = ctx
+                if now >= led.wdl:
+                    _ledger.close_window(led, now, parent, d)
+                led.fin = ctx
+                led.fin_mark = now
+                led.fin_t0 = cpuclk()
+                return ctx
+    ctx._token = None
+    ctx.__enter__()
+    _ledger.arm_exact(ctx)
+    return ctx
+
+
+def exit_measured_child(
+    ctx: LoggingContext,
+    exc_type: type[BaseException] | None = None,
+    exc: BaseException | None = None,
+    tb: TracebackType | None = None,
+) -> Figures | None:
+    """Exit a context entered by :func:`enter_measured_child`; its final figures if known.
+
+    When nothing switched on the thread during the block (``sampled`` mode), the block's
+    thread-clock delta is charged here and the figures are returned, read under the same
+    lock as the charge. Otherwise this is ``ctx.__exit__`` and returns None (read the figures
+    with ``get_resource_usage()``).
+    """
+    token = ctx._token
+    if token and ctx._extra is None and _clock._metering and not _trace_on:
+        try:
+            led = _local.ledger
+        except AttributeError:
+            led = None
+        if (
+            led is not None
+            and led.fin is ctx
+            and led.charged is ctx
+            and led.wlast == led.fin_mark
+            and led.sgen == _clock._generation
+            and _var_get() is ctx
+        ):
+            cpuclk = led.cpuclk
+            try:
+                _var_reset(token)
+            except (ValueError, RuntimeError):
+                pass  # a foreign Context: the generic exit below reports it
+            else:
+                cpu = cpuclk() - led.fin_t0
+                now = _perf_ns()
+                ctx._token = False
+                led.fin = None
+                led.charged = _var_get()
+                led.wlast = now
+                if cpu < 0:
+                    cpu = _ledger._regression(cpu, 0)[0]
+                led.taken += cpu
+                led.attributed_ns += cpu
+                # Not added to ``led.ran`` (``_ledger.charge_armed``): uninterrupted, the block
+                # ran no descendant whose pending share could name it as an ancestor.
+                figures = ctx._charge_final(cpu)
+                if now >= led.wdl:
+                    _ledger.close_window(led, now)
+                return figures
+    ctx.__exit__(exc_type, exc, tb)
+    return None
 
 
 LoggingContextOrSentinel = LoggingContext | _Sentinel

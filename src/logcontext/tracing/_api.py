@@ -19,8 +19,10 @@ from typing import TYPE_CHECKING, Any, Final, TypedDict, TypeVar, Unpack, cast, 
 
 from .. import _config, _hooks, _misuse
 from .. import clock as _clock
-from .._context import LoggingContext, PreserveLoggingContext, _usage_lock, current_context
+from .._context import Figures, LoggingContext, PreserveLoggingContext, _usage_lock, current_context
 from .._context import child_context as _child_context
+from .._context import enter_measured_child as _enter_measured_child
+from .._context import exit_measured_child as _exit_measured_child
 from .._ledger import arm_exact as _arm_exact
 from .._ledger import in_progress as _in_progress
 from ._base import (
@@ -244,6 +246,17 @@ def usage_attributes(ctx: LoggingContext) -> dict[str, AttributeValue]:
         else:
             ut, st, txn, txn_s = u.ru_utime, u.ru_stime, u.db_txn_count, u.db_txn_duration_sec
             sched_s, evts = u.db_sched_duration_sec, u.evt_db_fetch_count
+    if _clock._metering:
+        sl = _in_progress(ctx)  # this thread's CPU not yet charged (after the copy above)
+        if sl is not None:
+            ut += sl[0] * 1e-9
+            st += sl[1] * 1e-9
+    return _figures_attributes(ctx, (ut, st, txn, txn_s, sched_s, evts))
+
+
+def _figures_attributes(ctx: LoggingContext, figures: Figures) -> dict[str, AttributeValue]:
+    """:func:`usage_attributes` from figures already read (see ``exit_measured_child``)."""
+    ut, st, txn, txn_s, sched_s, evts = figures
     mode = _cfg.clock_mode
     x = ctx._extra
     server = ctx.server_name
@@ -251,11 +264,6 @@ def usage_attributes(ctx: LoggingContext) -> dict[str, AttributeValue]:
         server = str(server)
     attrs: dict[str, AttributeValue]
     if mode != "off":
-        if _clock._metering:
-            sl = _in_progress(ctx)  # this thread's CPU not yet charged (after the copy above)
-            if sl is not None:
-                ut += sl[0] * 1e-9
-                st += sl[1] * 1e-9
         attrs = {
             "logcontext.name": ctx.name,
             "logcontext.server_name": server,
@@ -599,14 +607,12 @@ class _SpanScope(_ScopeBase):
             if recording:
                 ctx = current_context()
                 if ctx:  # a LoggingContext (the sentinel is falsy)
-                    child = _child_context(ctx)  # type: ignore[arg-type]  # truthy: a LoggingContext
-                    child.span = span
-                    self._child = child
                     if self._preserve:
+                        self._child = _child_context(ctx)  # type: ignore[arg-type]  # truthy
                         self._enter_child()
                     else:
-                        child.__enter__()
-                        _arm_exact(child)  # its figures final at its exit, no window close
+                        # armed: its figures final at its exit, no window close
+                        self._child = _enter_measured_child(ctx)  # type: ignore[arg-type]
         return span
 
     def _enter_child(self) -> None:
@@ -652,6 +658,7 @@ class _SpanScope(_ScopeBase):
             return None
         if exc is not None:
             _record_error(span, exc)
+        figures: Figures | None = None
         try:
             # ``_detach`` inlined: our marker first, the backend's token only if that worked.
             marker = self._marker
@@ -674,23 +681,37 @@ class _SpanScope(_ScopeBase):
                 if self._preserve:
                     self._exit_child(exc_type, exc, tb)
                 else:
-                    child.__exit__(exc_type, exc, tb)
+                    figures = _exit_measured_child(child, exc_type, exc, tb)
         finally:
             if not self._end_on_exit:
                 self._apply_usage()
             elif not span._ended:
                 child = self._child
+                span._ended = True
                 if child is not None and _record_usage:
                     # A child exists only for a span that was recording at its start.
+                    attrs: dict[str, AttributeValue] | None
                     try:
-                        span.set_usage(usage_attributes(child))
+                        attrs = (
+                            usage_attributes(child)
+                            if figures is None
+                            else _figures_attributes(child, figures)
+                        )
                     except Exception:
                         _backend_error("usage attributes")
-                span._ended = True
-                try:
-                    span._end()
-                except Exception:
-                    _backend_error("end_span")
+                        attrs = None
+                    try:
+                        if attrs is None:
+                            span._end()
+                        else:
+                            span._end_with_usage(attrs)
+                    except Exception:
+                        _backend_error("end_span")
+                else:
+                    try:
+                        span._end()
+                    except Exception:
+                        _backend_error("end_span")
         return None
 
     def detach(

@@ -158,6 +158,14 @@ class BackendSpan(abc.ABC):
         if self.is_recording():
             self.set_attributes(attributes)
 
+    def _end_with_usage(self, attributes: dict[str, AttributeValue]) -> None:
+        """:meth:`set_usage` then :meth:`_end`, which runs even if the first fails (the caller
+        has marked the span ended)."""
+        try:
+            self.set_usage(attributes)
+        finally:
+            self._end()
+
     @abc.abstractmethod
     def add_event(self, name: str, attributes: Mapping[str, AttributeValue] | None = None) -> None: ...
 

@@ -136,6 +136,22 @@ class OtelSpan(BackendSpan):
         self.raw.set_attributes(attributes)
 
     def set_usage(self, attributes: dict[str, AttributeValue]) -> None:
+        if not self._store_usage(attributes):
+            raw = self.raw
+            if raw.is_recording():
+                raw.set_attributes(attributes)
+
+    def _end_with_usage(self, attributes: dict[str, AttributeValue]) -> None:
+        raw = self.raw
+        try:
+            if not self._store_usage(attributes) and raw.is_recording():
+                raw.set_attributes(attributes)
+        finally:
+            raw.end()
+
+    def _store_usage(self, attributes: dict[str, AttributeValue]) -> bool:
+        """Store valid usage attributes straight into an SDK span's own dict (see
+        ``_probe_direct``); False if the span is not of that layout (use the public setter)."""
         raw = self.raw
         tp = type(raw)
         if tp is _direct_type:
@@ -150,7 +166,7 @@ class OtelSpan(BackendSpan):
             try:
                 with raw._lock:
                     if raw._end_time is not None:
-                        return
+                        return True  # ended: nothing to add
                     attrs: Any = raw._attributes
                     if type(attrs) is _bounded_type and not attrs._immutable and attrs.max_value_len is None:
                         store = attrs._dict
@@ -158,12 +174,11 @@ class OtelSpan(BackendSpan):
                         if maxlen is None or len(store) + len(attributes) <= maxlen:
                             with attrs._lock:
                                 store.update(attributes)
-                            return
+                            return True
             except AttributeError:
                 _direct_ok[tp] = False
                 _forget_direct(tp)
-        if raw.is_recording():
-            raw.set_attributes(attributes)
+        return False
 
     def add_event(self, name: str, attributes: Mapping[str, AttributeValue] | None = None) -> None:
         self.raw.add_event(name, attributes)
