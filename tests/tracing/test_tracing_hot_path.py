@@ -76,10 +76,12 @@ def test_activation_failure_still_ends_the_span(
 ) -> None:
     """If only the activation fails, the block runs, the span is ended once and it is logged once."""
 
-    def broken(ctx: Any) -> Any:
+    def broken(*args: Any) -> Any:
         raise RuntimeError("attach failed")
 
+    # Both activation routes: OTel's ``attach`` and the Context it would attach.
     monkeypatch.setattr(otel_context, "attach", broken)
+    monkeypatch.setattr(otel_trace, "set_span_in_context", broken)
     with caplog.at_level(logging.WARNING, logger="logcontext.tracing"):
         for _ in range(2):
             with LoggingContext("req"), lt.start_span("x") as span:

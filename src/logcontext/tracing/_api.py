@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any, Final, TypedDict, TypeVar, Unpack, cast, 
 
 from .. import _config, _hooks, _misuse
 from .. import clock as _clock
-from .._context import Figures, LoggingContext, PreserveLoggingContext, _usage_lock, current_context
+from .._context import Figures, LoggingContext, PreserveLoggingContext, _usage_lock
+from .._context import _var_get as _current_get
 from .._context import child_context as _child_context
 from .._context import enter_measured_child as _enter_measured_child
 from .._context import exit_measured_child as _exit_measured_child
@@ -605,7 +606,7 @@ class _SpanScope(_ScopeBase):
             except Exception:
                 recording = False
             if recording:
-                ctx = current_context()
+                ctx = _current_get()
                 if ctx:  # a LoggingContext (the sentinel is falsy)
                     if self._preserve:
                         self._child = _child_context(ctx)  # type: ignore[arg-type]  # truthy
@@ -867,6 +868,8 @@ def start_span(name: str, **options: Unpack[SpanOptions]) -> Any:
         raise TypeError(f"start_span: name must be a str, not {name!r}")
     if not options:
         return _SpanScope(name, None, (), None, "internal", False, True, True)
+    if len(options) == 1 and "record_usage" in options:  # the usual option, alone
+        return _SpanScope(name, None, (), None, "internal", False, options["record_usage"], True)
     if not _OPTION_NAMES.issuperset(options):
         raise _bad_options(options)
     kind = options.get("kind", "internal")

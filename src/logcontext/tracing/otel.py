@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Mapping, Sequence
-from contextvars import Token
+from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import baggage, context, propagate, trace
@@ -195,16 +195,21 @@ class OtelSpan(BackendSpan):
 
 
 _cv_runtime: bool | None = None
+#: OTel's own ``ContextVar`` under its default runtime (else None): ``attach`` is its ``set``.
+_cv_var: ContextVar[context.Context] | None = None
 
 
 def _contextvars_runtime() -> bool:
     """True if OTel keeps its ``Context`` in a plain ``ContextVar`` (its default runtime)."""
-    global _cv_runtime
+    global _cv_runtime, _cv_var
     if _cv_runtime is None:
         try:
             from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
 
-            _cv_runtime = type(getattr(context, "_RUNTIME_CONTEXT", None)) is ContextVarsRuntimeContext
+            runtime = getattr(context, "_RUNTIME_CONTEXT", None)
+            _cv_runtime = type(runtime) is ContextVarsRuntimeContext
+            var = getattr(runtime, "_current_context", None) if _cv_runtime else None
+            _cv_var = var if type(var) is ContextVar else None
         except ImportError:
             _cv_runtime = False
     return _cv_runtime
@@ -277,6 +282,7 @@ class OtelBackend(Backend):
                 tracer_provider if tracer_provider is not None else _default_provider(service_name)
             )
             self.tracer = self.provider.get_tracer("logcontext")
+        _contextvars_runtime()  # finds OTel's ContextVar for ``start_active``
 
     def start_span(
         self,
@@ -336,6 +342,9 @@ class OtelBackend(Backend):
         )
         span = OtelSpan(raw, cur)
         try:
+            var = _cv_var
+            if var is not None:  # OTel's contextvars runtime: its attach is this set
+                return span, var.set(trace.set_span_in_context(raw, cur))
             return span, context.attach(trace.set_span_in_context(raw, cur))
         except Exception:
             return span, ACTIVATE_FAILED
