@@ -527,7 +527,7 @@ class _SpanScope(_ScopeBase):
     ``__enter__``/``__exit__`` inline the base class steps (this is the per-span hot path).
     """
 
-    __slots__ = ("_child", "_child_token", "_end_on_exit", "_preserve", "_want_usage")
+    __slots__ = ("_child", "_child_token", "_end_on_exit", "_plain", "_preserve", "_want_usage")
 
     def __init__(
         self,
@@ -554,6 +554,7 @@ class _SpanScope(_ScopeBase):
         self._want_usage = record_usage
         self._end_on_exit = end_on_exit
         self._preserve = preserve
+        self._plain = False
         self._child: LoggingContext | None = None
         self._child_token: PreserveLoggingContext | None = None
 
@@ -564,11 +565,13 @@ class _SpanScope(_ScopeBase):
         if backend is None or not _enabled:
             return NULL_SPAN
         self._backend = backend
-        parent = self._parent
-        if parent is None and not self._root and not self._links:
+        if self._plain or (self._parent is None and not self._root and not self._links):
             # The common case: a child of the active span, started and activated in one call.
             try:
-                span, token = backend.start_active(self._name, self._attributes, self._kind)
+                if self._plain:
+                    span, token = backend.start_active(self._name, None, "internal")
+                else:
+                    span, token = backend.start_active(self._name, self._attributes, self._kind)
             except Exception:
                 _backend_error("start_span")
                 return NULL_SPAN
@@ -579,6 +582,7 @@ class _SpanScope(_ScopeBase):
             else:
                 self._token = token
         else:
+            parent = self._parent
             if parent is not None and not isinstance(parent, SpanContext | BackendSpan):
                 parent = parent.context
             try:
@@ -672,8 +676,12 @@ class _SpanScope(_ScopeBase):
                 token = self._token
                 if token is not None:
                     self._token = None
+                    backend = self._backend
                     try:
-                        self._backend.deactivate(token)  # type: ignore[union-attr]
+                        if type(token) is Token and backend.plain_tokens:  # type: ignore[union-attr]
+                            token.var.reset(token)
+                        else:
+                            backend.deactivate(token)  # type: ignore[union-attr]
                     except Exception:
                         _backend_error("deactivate")
             # The core handles a foreign Context for the child itself (``foreign-exit``).
@@ -848,6 +856,28 @@ def _bad_options(options: Mapping[str, object]) -> TypeError:
     return TypeError(f"start_span() got an unexpected keyword argument {unknown[0]!r}")
 
 
+_new_object: Final = object.__new__
+
+
+def _plain_scope(name: str, record_usage: Any) -> _SpanScope:
+    """``_SpanScope(name, None, (), None, "internal", False, record_usage, True)``, cheaper.
+
+    A plain scope (a child of the active span, no options but ``record_usage``) leaves the
+    option slots unset: ``__enter__`` reads none of them when ``_plain`` is true.
+    """
+    scope: _SpanScope = _new_object(_SpanScope)
+    scope._name = name
+    scope._plain = True
+    scope.span = None
+    scope._marker = None
+    scope._token = None
+    scope._child = None
+    scope._want_usage = record_usage
+    scope._end_on_exit = True
+    scope._preserve = False
+    return scope
+
+
 def start_span(name: str, **options: Unpack[SpanOptions]) -> Any:
     """Start a span and make it active for a ``with`` block; returns a context manager.
 
@@ -867,9 +897,9 @@ def start_span(name: str, **options: Unpack[SpanOptions]) -> Any:
     if not isinstance(name, str):
         raise TypeError(f"start_span: name must be a str, not {name!r}")
     if not options:
-        return _SpanScope(name, None, (), None, "internal", False, True, True)
+        return _plain_scope(name, True)
     if len(options) == 1 and "record_usage" in options:  # the usual option, alone
-        return _SpanScope(name, None, (), None, "internal", False, options["record_usage"], True)
+        return _plain_scope(name, options["record_usage"])
     if not _OPTION_NAMES.issuperset(options):
         raise _bad_options(options)
     kind = options.get("kind", "internal")

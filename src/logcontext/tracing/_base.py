@@ -203,6 +203,9 @@ class Backend(abc.ABC):
     """The small interface each tracing backend implements."""
 
     name: str = "abstract"
+    #: True if a ``contextvars.Token`` returned by :meth:`start_active`/:meth:`activate` is
+    #: undone by ``token.var.reset(token)`` alone: scopes then skip :meth:`deactivate`.
+    plain_tokens: bool = False
 
     @abc.abstractmethod
     def start_span(

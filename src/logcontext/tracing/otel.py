@@ -282,7 +282,9 @@ class OtelBackend(Backend):
                 tracer_provider if tracer_provider is not None else _default_provider(service_name)
             )
             self.tracer = self.provider.get_tracer("logcontext")
-        _contextvars_runtime()  # finds OTel's ContextVar for ``start_active``
+        # OTel's contextvars runtime: its detach is the token's reset; ``start_active`` sets
+        # OTel's ContextVar directly.
+        self.plain_tokens = _contextvars_runtime()
 
     def start_span(
         self,
