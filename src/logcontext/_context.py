@@ -639,45 +639,6 @@ class LoggingContext:
             _ledger.stats.late_cpu_ns += du + ds
             self._late(late, ut, st, 0, 0.0, 0.0, 0)
 
-    def _charge_final(self, du: int) -> Figures:
-        """Charge user CPU nanoseconds as ``_charge_ns`` does, mark the context finished and
-        return its figures, read under the same acquisition of the lock."""
-        ut = du * 1e-9
-        late = None
-        with _usage_lock:
-            u = self._u
-            if u is None:
-                u = self._u = _new_usage(ContextResourceUsage)
-                u.ru_utime = ut
-                u.ru_stime = 0.0
-                u.db_txn_count = 0
-                u.db_txn_duration_sec = 0.0
-                u.db_sched_duration_sec = 0.0
-                u.evt_db_fetch_count = 0
-                figures: Figures = (ut, 0.0, 0, 0.0, 0.0, 0)
-            else:
-                u.ru_utime += ut
-                figures = (
-                    u.ru_utime,
-                    u.ru_stime,
-                    u.db_txn_count,
-                    u.db_txn_duration_sec,
-                    u.db_sched_duration_sec,
-                    u.evt_db_fetch_count,
-                )
-            for c in self._ancestors:
-                u = c._u
-                if u is None:
-                    u = c._u = ContextResourceUsage()
-                u.ru_utime += ut
-                if c.finished:
-                    late = [c] if late is None else [*late, c]
-            self.finished = True
-        if late is not None:
-            _ledger.stats.late_cpu_ns += du
-            self._late(late, ut, 0.0, 0, 0.0, 0.0, 0)
-        return figures
-
     def _add(self, ut: float, st: float, txn: int, txn_s: float, sched_s: float, evts: int) -> None:
         late = None
         with _usage_lock:
@@ -807,33 +768,31 @@ def enter_measured_child(parent: LoggingContext) -> LoggingContext:
     ctx.finished = False
     ctx._u = None
     ctx._extra = None
-    if _clock._metering and not _trace_on:
-        try:
-            led = _local.ledger
-        except AttributeError:
-            led = None
-        if (
-            led is not None
-            and led.sgen == _clock._generation
-            and led.charged is parent
-            and not parent.finished
-            and led.wall is _perf_ns
-        ):
-            cpuclk = led.cpuclk
-            if cpuclk is not None:
-                ctx._token = _var_set(ctx)
-                # ``__enter__``'s ``sampled`` switch, then ``_ledger.arm_exact``
-                now = _perf_ns()
-                d = now - led.wlast
-                led.pend[parent] += d
-                led.wlast = now
-                led.charged = ctx
-                if now >= led.wdl:
-                    _ledger.close_window(led, now, parent, d)
-                led.fin = ctx
-                led.fin_mark = now
-                led.fin_t0 = cpuclk()
-                return ctx
+    try:
+        led = _local.ledger
+    except AttributeError:
+        led = None
+    # ``mgen`` current: ``sampled`` mode, metering, the real thread and wall clocks.
+    if (
+        led is not None
+        and led.mgen == _clock._generation
+        and led.charged is parent
+        and not _trace_on
+        and not parent.finished
+    ):
+        ctx._token = _var_set(ctx)
+        # ``__enter__``'s ``sampled`` switch, then ``_ledger.arm_exact``
+        now = _perf_ns()
+        d = now - led.wlast
+        led.pend[parent] += d
+        led.wlast = now
+        led.charged = ctx
+        if now >= led.wdl:
+            _ledger.close_window(led, now, parent, d)
+        led.fin = ctx
+        led.fin_mark = now
+        led.fin_t0 = led.cpuclk()
+        return ctx
     ctx._token = None
     ctx.__enter__()
     _ledger.arm_exact(ctx)
@@ -849,46 +808,80 @@ def exit_measured_child(
     """Exit a context entered by :func:`enter_measured_child`; its final figures if known.
 
     When nothing switched on the thread during the block (``sampled`` mode), the block's
-    thread-clock delta is charged here and the figures are returned, read under the same
-    lock as the charge. Otherwise this is ``ctx.__exit__`` and returns None (read the figures
-    with ``get_resource_usage()``).
+    thread-clock delta is charged here (as ``_charge_ns`` charges: the context and its
+    ancestors) and the figures are returned, read under the same lock as the charge.
+    Otherwise this is ``ctx.__exit__`` and returns None (read them with ``get_resource_usage()``).
     """
     token = ctx._token
-    if token and ctx._extra is None and _clock._metering and not _trace_on:
+    try:
+        led = _local.ledger
+    except AttributeError:
+        led = None
+    if (
+        token
+        and led is not None
+        and led.fin is ctx
+        and led.charged is ctx
+        and led.wlast == led.fin_mark
+        and led.mgen == _clock._generation
+        and ctx._extra is None
+        and not _trace_on
+        and _var_get() is ctx
+    ):
         try:
-            led = _local.ledger
-        except AttributeError:
-            led = None
-        if (
-            led is not None
-            and led.fin is ctx
-            and led.charged is ctx
-            and led.wlast == led.fin_mark
-            and led.sgen == _clock._generation
-            and _var_get() is ctx
-        ):
-            cpuclk = led.cpuclk
-            try:
-                _var_reset(token)
-            except (ValueError, RuntimeError):
-                pass  # a foreign Context: the generic exit below reports it
-            else:
-                cpu = cpuclk() - led.fin_t0
-                now = _perf_ns()
-                ctx._token = False
-                led.fin = None
-                led.charged = _var_get()
-                led.wlast = now
-                if cpu < 0:
-                    cpu = _ledger._regression(cpu, 0)[0]
-                led.taken += cpu
-                led.attributed_ns += cpu
-                # Not added to ``led.ran`` (``_ledger.charge_armed``): uninterrupted, the block
-                # ran no descendant whose pending share could name it as an ancestor.
-                figures = ctx._charge_final(cpu)
-                if now >= led.wdl:
-                    _ledger.close_window(led, now)
-                return figures
+            _var_reset(token)
+        except (ValueError, RuntimeError):
+            pass  # a foreign Context: the generic exit below reports it
+        else:
+            cpu = led.cpuclk() - led.fin_t0
+            now = _perf_ns()
+            ctx._token = False
+            led.fin = None
+            led.charged = _var_get()
+            led.wlast = now
+            if cpu < 0:
+                cpu = _ledger._regression(cpu, 0)[0]
+            led.taken += cpu
+            led.attributed_ns += cpu
+            # Not added to ``led.ran`` (``_ledger.charge_armed``): uninterrupted, the block
+            # ran no descendant whose pending share could name it as an ancestor.
+            ut = cpu * 1e-9
+            late = None
+            with _usage_lock:
+                u = ctx._u
+                if u is None:
+                    u = ctx._u = _new_usage(ContextResourceUsage)
+                    u.ru_utime = ut
+                    u.ru_stime = 0.0
+                    u.db_txn_count = 0
+                    u.db_txn_duration_sec = 0.0
+                    u.db_sched_duration_sec = 0.0
+                    u.evt_db_fetch_count = 0
+                    figures: Figures = (ut, 0.0, 0, 0.0, 0.0, 0)
+                else:
+                    u.ru_utime += ut
+                    figures = (
+                        u.ru_utime,
+                        u.ru_stime,
+                        u.db_txn_count,
+                        u.db_txn_duration_sec,
+                        u.db_sched_duration_sec,
+                        u.evt_db_fetch_count,
+                    )
+                for c in ctx._ancestors:
+                    u = c._u
+                    if u is None:
+                        u = c._u = ContextResourceUsage()
+                    u.ru_utime += ut
+                    if c.finished:
+                        late = [c] if late is None else [*late, c]
+                ctx.finished = True
+            if late is not None:
+                _ledger.stats.late_cpu_ns += cpu
+                ctx._late(late, ut, 0.0, 0, 0.0, 0.0, 0)
+            if now >= led.wdl:
+                _ledger.close_window(led, now)
+            return figures
     ctx.__exit__(exc_type, exc, tb)
     return None
 

@@ -132,6 +132,7 @@ class Ledger:
         "last_s",
         "last_u",
         "lat",
+        "mgen",
         "mode_generation",
         "pend",
         "ran",
@@ -171,7 +172,7 @@ class Ledger:
         self.wlast = self.wopen = self.wdl = 0
         self.fin: Any = None
         self.fin_mark = self.fin_t0 = self.taken = 0
-        self.flags_gen = self.fgen = self.sgen = -1
+        self.flags_gen = self.fgen = self.sgen = self.mgen = -1
         self.mode_generation = _clock._generation
         r = _clock._reader()
         self.last_u, self.last_s = r if r is not None else (0, 0)
@@ -278,6 +279,8 @@ def _reconfigure(led: Ledger) -> None:
     # The one test of each dedicated step path (aio): ``sampled``; a scalar clock (``exact``
     # and ``lazy``); anything else takes the generic switch.
     led.sgen = gen if led.fast == 2 else -1
+    # ``_context.enter_measured_child``'s one test: ``sampled`` on the real clocks.
+    led.mgen = gen if led.fast == 2 and led.cpuclk is not None and led.wall is time.perf_counter_ns else -1
     led.fgen = gen if led.fast == 1 else -1
 
 

@@ -12,7 +12,8 @@ from typing import Any, ParamSpec, TypeVar, cast, overload
 from logcontext import LoggingContext, current_context
 
 from . import _bgmetrics
-from ._context import child_context as _child_context
+from ._context import enter_measured_child as _enter_measured_child
+from ._context import exit_measured_child as _exit_measured_child
 from ._ledger import arm_exact as _arm_exact
 
 __all__ = ["Measure", "measure_func"]
@@ -54,10 +55,12 @@ class Measure:
         parent = current_context()
         explicit = self.server_name
         server = self.server_name = parent.server_name if explicit is None else explicit
+        ctx: LoggingContext | None
         if parent:
-            # An inherited server name is not passed on: the child reads its parent's.
+            # An inherited server name is not passed on: the child reads its parent's (built
+            # and entered below, in one step).
             ctx = (
-                _child_context(parent)  # type: ignore[arg-type]  # truthy: a LoggingContext
+                None
                 if explicit is None
                 else LoggingContext(parent.name, parent_context=parent, server_name=explicit)
             )
@@ -70,14 +73,18 @@ class Measure:
                 site=f"Measure:{self.name}",
             )
             ctx = LoggingContext("sentinel", server_name=server)
-        self._ctx = ctx
         m = _bgmetrics.active
         self.start = _monotonic()
         if m is not None:
             b = self._block = m.block(self.name, server)
             b.in_flight.add(self)
-        ctx.__enter__()
-        _arm_exact(ctx)  # the block's figures final at its exit, no window close
+        # Armed: the block's figures are final at its exit, no window close.
+        if ctx is None:
+            ctx = _enter_measured_child(parent)  # type: ignore[arg-type]  # truthy: a LoggingContext
+        else:
+            ctx.__enter__()
+            _arm_exact(ctx)
+        self._ctx = ctx
         if self.span:
             self._span_cm = _start_block_span(self.name)
         return self
@@ -94,7 +101,7 @@ class Measure:
         if self._span_cm is not None:
             cm, self._span_cm = self._span_cm, None
             cm.__exit__(exc_type, exc, tb)
-        ctx.__exit__(exc_type, exc, tb)
+        _exit_measured_child(ctx, exc_type, exc, tb)  # ``ctx.__exit__`` unless it was measured
         b = self._block
         if b is None:
             return

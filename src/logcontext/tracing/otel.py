@@ -144,7 +144,21 @@ class OtelSpan(BackendSpan):
     def _end_with_usage(self, attributes: dict[str, AttributeValue]) -> None:
         raw = self.raw
         try:
-            if not self._store_usage(attributes) and raw.is_recording():
+            if type(raw) is _direct_type:
+                # ``_store_usage``'s direct store, inlined (the per-span path)
+                with raw._lock:
+                    attrs = raw._attributes
+                    if (
+                        raw._end_time is None
+                        and type(attrs) is _bounded_type
+                        and not attrs._immutable
+                        and attrs.max_value_len is None
+                        and (attrs.maxlen is None or len(attrs._dict) + len(attributes) <= attrs.maxlen)
+                    ):
+                        with attrs._lock:
+                            attrs._dict.update(attributes)
+                        attributes = {}
+            if attributes and not self._store_usage(attributes) and raw.is_recording():
                 raw.set_attributes(attributes)
         finally:
             raw.end()
