@@ -481,3 +481,26 @@ def test_a_measured_child_in_the_scalar_modes_is_exact(scalar_exact: list[int], 
             now[0] += 70_000
             assert exit_measured_child(c) is None
             assert c.get_resource_usage().ru_utime == pytest.approx(0.00007)
+
+
+def test_a_measured_child_on_a_thread_charging_nothing_is_measured_too(sampled: None) -> None:
+    """A worker thread (no context charged) measures a child of another thread's context the
+    same way: final figures at the exit, rolled up into the parent at once."""
+    out: list[object] = []
+
+    with LoggingContext("p") as p:
+
+        def work() -> None:
+            _ledger.get_ledger()  # a fresh ledger: nothing charged, nothing pending
+            c = enter_measured_child(p)
+            _burn(0.002)
+            out.append(exit_measured_child(c))
+            out.append(_ledger.get_ledger().pend.copy())
+
+        t = threading.Thread(target=work)
+        t.start()
+        t.join()
+    figures, pend = out
+    assert isinstance(figures, tuple) and figures[0] >= 0.0019
+    assert pend == {}
+    assert p.get_resource_usage().ru_utime >= figures[0]

@@ -755,12 +755,12 @@ Figures = tuple[float, float, int, float, float, int]
 
 
 def enter_measured_child(parent: LoggingContext) -> LoggingContext:
-    """Build and enter a child of ``parent`` (the current context), armed to be measured exactly.
+    """Build and enter a child of ``parent``, armed to be measured exactly.
 
     The same as ``c = child_context(parent); c.__enter__(); _ledger.arm_exact(c)``; the
-    ``sampled`` mode's usual case (``parent`` charged on this thread, the real clocks) takes
-    one inlined step: the switch and the thread-clock reading that :func:`exit_measured_child`
-    subtracts from its own.
+    ``sampled`` mode's usual cases (the thread charges ``parent`` or no context; the real
+    clocks) take one inlined step: the switch and the thread-clock reading that
+    :func:`exit_measured_child` subtracts from its own.
     """
     ctx: LoggingContext = _new_object(LoggingContext)
     ctx.name = parent.name
@@ -772,23 +772,29 @@ def enter_measured_child(parent: LoggingContext) -> LoggingContext:
         led = _local.ledger
     except AttributeError:
         led = None
-    # ``mgen`` current: ``sampled`` mode, metering, the real thread and wall clocks.
+    # ``mgen`` current: ``sampled`` mode, metering, the real thread and wall clocks. The
+    # thread charges ``parent`` (the usual case) or nothing (a worker thread's job).
     if (
         led is not None
         and led.mgen == _clock._generation
-        and led.charged is parent
+        and ((led.charged is parent and not parent.finished) or led.charged is SENTINEL_CONTEXT)
         and not _trace_on
-        and not parent.finished
     ):
         ctx._token = _var_set(ctx)
         # ``__enter__``'s ``sampled`` switch, then ``_ledger.arm_exact``
         now = _perf_ns()
-        d = now - led.wlast
-        led.pend[parent] += d
-        led.wlast = now
+        old = led.charged
         led.charged = ctx
-        if now >= led.wdl:
-            _ledger.close_window(led, now, parent, d)
+        if old is parent:
+            d = now - led.wlast
+            led.pend[parent] += d
+            led.wlast = now
+            if now >= led.wdl:
+                _ledger.close_window(led, now, parent, d)
+        else:
+            led.wlast = now
+            if now >= led.wdl:
+                _ledger.close_window(led, now)
         led.fin = ctx
         led.fin_mark = now
         led.fin_t0 = led.cpuclk()

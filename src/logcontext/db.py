@@ -44,7 +44,8 @@ from ._context import (
     current_context,
     set_current_context,
 )
-from ._context import child_context as _child_context
+from ._context import enter_measured_child as _enter_measured_child
+from ._context import exit_measured_child as _exit_measured_child
 from ._db_cursor import Cursor
 from ._db_engines import Engine, EngineName, PostgresEngine, SqliteEngine, resolve_engine
 from ._misuse import report
@@ -76,7 +77,6 @@ _copy_context: Final = contextvars.copy_context
 _get_running_loop: Final = asyncio.get_running_loop
 _current_context: Final = current_context
 _settle_pending: Final = _ledger.settle_pending
-_arm_exact: Final = _ledger.arm_exact
 
 
 class ConnectionLostError(Exception):
@@ -465,15 +465,18 @@ class DatabasePool:
                 # sentinel the restore point so the worker's ledger never keeps
                 # charging the caller once the child exits.
                 set_current_context(SENTINEL_CONTEXT)
-                child = _child_context(parent)  # type: ignore[arg-type]  # truthy: a LoggingContext
-                with child:
-                    # A transaction that enters no context of its own is charged exactly at
-                    # the child's exit (no window to settle for it below).
-                    _arm_exact(child)
+                # A transaction that enters no context of its own is charged exactly at the
+                # child's exit (no window to settle for it below).
+                child = _enter_measured_child(parent)  # type: ignore[arg-type]  # truthy
+                try:
                     if _tracing() is None:
                         job.result = self._transact(state, job, child, None)
                     else:
                         job.result = self._transact_traced(state, job, child)
+                except BaseException as e:
+                    _exit_measured_child(child, type(e), e, e.__traceback__)
+                    raise
+                _exit_measured_child(child)
             elif _tracing() is None:
                 job.result = self._transact(state, job, None, None)
             else:
