@@ -14,9 +14,9 @@ with ``--rounds 201`` the three agree within a few percent on a loaded 2-core ma
   tracing uninitialised) against an untraced context, bound 1.1.
   Breakdown candidates: the span without usage (``record_usage=False``), a bare OTel span inside
   an untraced context, the child context alone (what ``record_usage`` adds to the span: enter and
-  exit of a context under a context), the same plus the ``get_resource_usage()`` that makes its
-  figures final (in the ``sampled`` and ``exact`` step modes an exit leaves its CPU pending, so
-  this read closes the thread's CPU window) and a context owning its span (request style).
+  exit of a context under a context), the child as ``start_span`` runs it (measured: a
+  thread-clock pair around the block and the charge at its exit make its figures final without
+  closing the thread's CPU window) and a context owning its span (request style).
 * ``tracing-clocks`` (information, not gated): the traced context / bare span ratio under each
   clock (and the ``sampled`` step mode): the child context's clock reads and ledger bookkeeping
   are the part of the cost that depends on the configuration.
@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import Suite, b_empty, b_tcv, exit_code, parse_args
 
 import logcontext.tracing as lt
-from logcontext import LoggingContext, _ledger, configure
+from logcontext import LoggingContext, _context, configure
 from logcontext._config import config
 from logcontext.tracing import _api
 
@@ -245,18 +245,15 @@ def b_child_ctx(n: int) -> float:
 
 
 def b_child_ctx_read(n: int) -> float:
-    """The child context armed as ``start_span`` arms it, plus the read of its final figures."""
+    """The child context as ``start_span`` runs it: entered measured (a thread-clock reading),
+    exited with its final figures (a second reading, the charge)."""
     parent = LoggingContext("req")
     parent.__enter__()
-    arm = _ledger.arm_exact
+    enter, leave = _context.enter_measured_child, _context.exit_measured_child
     try:
         t = pc()
         for _ in range(n):
-            child = LoggingContext("req", parent_context=parent)
-            child.__enter__()
-            arm(child)
-            child.__exit__(None, None, None)
-            child.get_resource_usage()
+            leave(enter(parent))
         return pc() - t
     finally:
         parent.__exit__(None, None, None)
@@ -379,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{paired_us(no_usage.samples, bare.samples):.2f}us + record_usage "
             f"{paired_us(ours.samples, no_usage.samples):.2f}us, of which the child context alone "
             f"{statistics.median(child.samples) * 1e6:.2f}us (median) / {child.min * 1e6:.2f}us (min) "
-            f"and arming it plus reading its final usage {paired_us(read.samples, child.samples):.2f}us (paired median)"
+            f"and measuring it to final figures {paired_us(read.samples, child.samples):.2f}us more (paired median)"
         )
     ok &= s.finish()
 

@@ -260,7 +260,8 @@ def _figures_attributes(ctx: LoggingContext, figures: Figures) -> dict[str, Attr
     ut, st, txn, txn_s, sched_s, evts = figures
     mode = _cfg.clock_mode
     x = ctx._extra
-    server = ctx.server_name
+    a = ctx._ancestors
+    server = a[0].server_name if x is None and a else ctx.server_name  # a child reads its parent's
     if type(server) is not str:
         server = str(server)
     attrs: dict[str, AttributeValue]
