@@ -12,6 +12,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 
 import logcontext.tracing as lt
+import logcontext.tracing.otel as lt_otel
 from logcontext import LoggingContext, current_context
 from logcontext.tracing import _api
 
@@ -79,9 +80,9 @@ def test_activation_failure_still_ends_the_span(
     def broken(*args: Any) -> Any:
         raise RuntimeError("attach failed")
 
-    # Both activation routes: OTel's ``attach`` and the Context it would attach.
+    # Both activation routes: OTel's ``attach``, and the Context our direct one would set.
     monkeypatch.setattr(otel_context, "attach", broken)
-    monkeypatch.setattr(otel_trace, "set_span_in_context", broken)
+    monkeypatch.setattr(lt_otel, "_with_span", broken)
     with caplog.at_level(logging.WARNING, logger="logcontext.tracing"):
         for _ in range(2):
             with LoggingContext("req"), lt.start_span("x") as span:
@@ -104,3 +105,44 @@ def test_span_options_are_exported_and_complete() -> None:
         "end_on_exit",
     }
     assert "SpanOptions" in lt.__all__
+
+
+def test_otel_scopes_set_no_marker_of_their_own(otel: Harness) -> None:
+    """Under OTel's contextvars runtime the activated Context records our span wrapper: the
+    scope sets no marker, yet ``active_span()`` is the very object the block got."""
+    assert _api._backend is not None and _api._backend.marker_free
+    with LoggingContext("req"), lt.start_span("outer") as outer:
+        assert _api._SCOPE.get() is None
+        assert lt.active_span() is outer
+        with lt.start_span("inner", root=True) as inner:  # the start-then-activate route
+            assert lt.active_span() is inner
+        assert lt.active_span() is outer
+    assert lt.active_span() is None
+
+
+def test_a_foreign_span_inside_our_scope_is_the_active_one(otel: Harness) -> None:
+    """A span activated by other instrumentation inside our block is the active span (our
+    wrapper, inherited in its Context, is not mistaken for it)."""
+    with lt.start_span("ours") as ours:
+        with otel.provider.get_tracer("other").start_as_current_span("theirs") as theirs:
+            active = lt.active_span()
+            assert active is not None and active is not ours and active.raw is theirs
+        assert lt.active_span() is ours
+
+
+def test_without_the_span_key_scopes_keep_their_marker(
+    otel: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If OTel's active-span key cannot be found, activations go through OTel's own calls and
+    scopes set their marker: same spans, same active span, same foreign-exit handling."""
+    monkeypatch.setattr(lt_otel, "_probe_keys", lambda: None)
+    monkeypatch.setattr(lt_otel, "_span_key", None)
+    monkeypatch.setattr(lt_otel, "_cv_runtime", None)
+    h = Harness("otel").init()
+    assert _api._backend is not None and not _api._backend.marker_free
+    with LoggingContext("req"), lt.start_span("x") as span:
+        assert _api._SCOPE.get() is not None
+        assert lt.active_span() is span
+        assert otel_trace.get_current_span() is span.raw
+    assert [s.name for s in h.exporter.get_finished_spans()] == ["x"]
+    assert lt.active_span() is None

@@ -63,6 +63,8 @@ _state_lock = threading.Lock()
 #: Our scope marker: each scope sets it and resets it first on exit, so a foreign ``Context`` is
 #: detected before any backend token is touched.
 _SCOPE: ContextVar[_ScopeBase | None] = ContextVar("logcontext_tracing_scope", default=None)
+#: A scope's marker under a marker-free backend (``Backend.marker_free``): entered, no token.
+_ENTERED: Final[Any] = object()
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _BACKENDS = ("otel", "opentracing", "noop")
@@ -508,6 +510,17 @@ class _ScopeBase:
         if marker is None:
             return False
         self._marker = None
+        if marker is _ENTERED:  # a marker-free backend: its plain token tells a foreign Context
+            token, self._token = self._token, None
+            if token is not None:
+                try:
+                    token.var.reset(token)  # type: ignore[attr-defined]
+                except (ValueError, RuntimeError) as e:
+                    self._misplaced_exit(e)
+                    return False
+                except Exception:
+                    _backend_error("deactivate")
+            return True
         try:
             _SCOPE.reset(marker)
         except (ValueError, RuntimeError) as e:
@@ -577,7 +590,9 @@ class _SpanScope(_ScopeBase):
                 _backend_error("start_span")
                 return NULL_SPAN
             self.span = span
-            self._marker = _SCOPE.set(self)
+            # Our marker first (see ``_detach``); a marker-free backend's Context records the
+            # span itself, and its token's reset tells a foreign Context.
+            self._marker = _ENTERED if backend.marker_free else _SCOPE.set(self)
             if token is ACTIVATE_FAILED:
                 _backend_error("activate")
             else:
@@ -600,7 +615,7 @@ class _SpanScope(_ScopeBase):
                 return NULL_SPAN
             self.span = span
             # Our marker first, then the backend's activation (see ``_detach``).
-            self._marker = _SCOPE.set(self)
+            self._marker = _ENTERED if backend.marker_free else _SCOPE.set(self)
             try:
                 self._token = backend.activate(span)
             except Exception:
@@ -669,22 +684,33 @@ class _SpanScope(_ScopeBase):
             # ``_detach`` inlined: our marker first, the backend's token only if that worked.
             marker = self._marker
             self._marker = None
-            try:
-                _SCOPE.reset(marker)
-            except (ValueError, RuntimeError) as e:
-                self._misplaced_exit(e)  # the backend's context is left alone
-            else:
+            if marker is _ENTERED:
                 token = self._token
                 if token is not None:
                     self._token = None
-                    backend = self._backend
                     try:
-                        if type(token) is Token and backend.plain_tokens:  # type: ignore[union-attr]
-                            token.var.reset(token)
-                        else:
-                            backend.deactivate(token)  # type: ignore[union-attr]
+                        token.var.reset(token)  # type: ignore[attr-defined]  # a plain token
+                    except (ValueError, RuntimeError) as e:
+                        self._misplaced_exit(e)
                     except Exception:
                         _backend_error("deactivate")
+            else:
+                try:
+                    _SCOPE.reset(marker)  # a marker token
+                except (ValueError, RuntimeError) as e:
+                    self._misplaced_exit(e)  # the backend's context is left alone
+                else:
+                    token = self._token
+                    if token is not None:
+                        self._token = None
+                        backend = self._backend
+                        try:
+                            if type(token) is Token and backend.plain_tokens:  # type: ignore[union-attr]
+                                token.var.reset(token)
+                            else:
+                                backend.deactivate(token)  # type: ignore[union-attr]
+                        except Exception:
+                            _backend_error("deactivate")
             # The core handles a foreign Context for the child itself (``foreign-exit``).
             child = self._child
             if child is not None:
@@ -966,6 +992,9 @@ def active_span() -> Span | None:
     if backend is None:
         return None
     try:
+        span = backend.current_wrapper()
+        if span is not None:
+            return span
         raw = backend.current_raw()
         if raw is None:
             return None

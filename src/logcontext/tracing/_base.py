@@ -206,6 +206,10 @@ class Backend(abc.ABC):
     #: True if a ``contextvars.Token`` returned by :meth:`start_active`/:meth:`activate` is
     #: undone by ``token.var.reset(token)`` alone: scopes then skip :meth:`deactivate`.
     plain_tokens: bool = False
+    #: True if the backend's activations record the span wrapper so that
+    #: :meth:`current_wrapper` finds it, and its tokens are plain: scopes then set no marker of
+    #: their own (a foreign ``Context`` shows as the token's failed reset).
+    marker_free: bool = False
 
     @abc.abstractmethod
     def start_span(
@@ -245,6 +249,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def current_raw(self) -> Any:
         """The backend's active native span, or None."""
+
+    def current_wrapper(self) -> BackendSpan | None:
+        """The wrapper this backend activated for the active span, if it records one."""
+        return None
 
     def current_ids(self) -> tuple[int, int] | None:
         """``(trace_id, span_id)`` of the active span, or None (used for log records)."""

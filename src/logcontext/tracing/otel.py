@@ -11,7 +11,7 @@ import os
 import threading
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar, Token
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from opentelemetry import baggage, context, propagate, trace
 from opentelemetry.trace import (
@@ -211,6 +211,10 @@ class OtelSpan(BackendSpan):
 _cv_runtime: bool | None = None
 #: OTel's own ``ContextVar`` under its default runtime (else None): ``attach`` is its ``set``.
 _cv_var: ContextVar[context.Context] | None = None
+#: The key under which OTel keeps the active span in a ``Context`` (found by :func:`_probe_keys`).
+_span_key: str | None = None
+#: Our key beside it: the :class:`OtelSpan` wrapping that span, for :meth:`OtelBackend.current_wrapper`.
+_WRAP_KEY: Final = "logcontext-tracing-span"
 
 
 def _contextvars_runtime() -> bool:
@@ -226,7 +230,38 @@ def _contextvars_runtime() -> bool:
             _cv_var = var if type(var) is ContextVar else None
         except ImportError:
             _cv_runtime = False
+        _probe_keys()
     return _cv_runtime
+
+
+def _probe_keys() -> None:
+    """Find OTel's active-span key: the one key ``set_span_in_context`` puts in an empty
+    ``Context`` (a plain ``dict`` subclass). Not found: activations go through OTel's calls."""
+    global _span_key
+    _span_key = None
+    try:
+        probe = trace.set_span_in_context(INVALID_SPAN, context.Context())
+        keys = list(probe)
+        if (
+            isinstance(probe, dict)
+            and len(keys) == 1
+            and type(keys[0]) is str
+            and trace.get_current_span(context.Context({keys[0]: INVALID_SPAN})) is INVALID_SPAN
+        ):
+            _span_key = keys[0]
+    except Exception:
+        _span_key = None
+
+
+def _with_span(cur: context.Context, raw: Any, span: OtelSpan) -> context.Context:
+    """``set_span_in_context(raw, cur)`` with our wrapper stored beside it (one copy)."""
+    key = _span_key
+    if key is None:
+        return trace.set_span_in_context(raw, cur)
+    values = dict(cur)
+    values[key] = raw
+    values[_WRAP_KEY] = span
+    return context.Context(values)
 
 
 def _to_otel_context(parent: SpanContext) -> context.Context:
@@ -297,8 +332,10 @@ class OtelBackend(Backend):
             )
             self.tracer = self.provider.get_tracer("logcontext")
         # OTel's contextvars runtime: its detach is the token's reset; ``start_active`` sets
-        # OTel's ContextVar directly.
+        # OTel's ContextVar directly. With the span key known, the activated Context also
+        # holds our wrapper, so scopes need no marker of their own (``Backend.marker_free``).
         self.plain_tokens = _contextvars_runtime()
+        self.marker_free = self.plain_tokens and _cv_var is not None and _span_key is not None
 
     def start_span(
         self,
@@ -360,13 +397,26 @@ class OtelBackend(Backend):
         try:
             var = _cv_var
             if var is not None:  # OTel's contextvars runtime: its attach is this set
-                return span, var.set(trace.set_span_in_context(raw, cur))
+                return span, var.set(_with_span(cur, raw, span))
             return span, context.attach(trace.set_span_in_context(raw, cur))
         except Exception:
             return span, ACTIVATE_FAILED
 
     def activate(self, span: BackendSpan) -> object:
+        var = _cv_var
+        if var is not None and isinstance(span, OtelSpan):
+            return var.set(_with_span(var.get(), span.raw, span))
         return context.attach(trace.set_span_in_context(span.raw))
+
+    def current_wrapper(self) -> BackendSpan | None:
+        var = _cv_var
+        if var is None:
+            return None
+        cur = var.get()
+        span = cur.get(_WRAP_KEY)
+        if type(span) is OtelSpan and cur.get(_span_key or "") is span.raw:
+            return span
+        return None
 
     def deactivate(self, token: object) -> None:
         if type(token) is Token and _contextvars_runtime():
