@@ -127,7 +127,7 @@ class OtelSpan(BackendSpan):
         return SpanContext(sc.trace_id, sc.span_id, sc.trace_flags.sampled, self.forced, sc)
 
     def is_recording(self) -> bool:
-        return bool(self.raw.is_recording())
+        return self.raw.is_recording() is True  # OTel's API returns a bool
 
     def set_attribute(self, key: str, value: AttributeValue) -> None:
         self.raw.set_attribute(key, value)
@@ -145,7 +145,9 @@ class OtelSpan(BackendSpan):
         raw = self.raw
         try:
             if type(raw) is _direct_type:
-                # ``_store_usage``'s direct store, inlined (the per-span path)
+                # ``_store_usage``'s direct store, inlined (the per-span path). Every writer of
+                # the attributes holds the span's lock; a reader's copy cannot interleave with
+                # one ``dict.update`` from a dict of ``str`` keys.
                 with raw._lock:
                     attrs = raw._attributes
                     if (
@@ -155,8 +157,7 @@ class OtelSpan(BackendSpan):
                         and attrs.max_value_len is None
                         and (attrs.maxlen is None or len(attrs._dict) + len(attributes) <= attrs.maxlen)
                     ):
-                        with attrs._lock:
-                            attrs._dict.update(attributes)
+                        attrs._dict.update(attributes)
                         attributes = {}
             if attributes and not self._store_usage(attributes) and raw.is_recording():
                 raw.set_attributes(attributes)
