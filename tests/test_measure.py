@@ -128,6 +128,28 @@ def test_an_uninterrupted_block_closes_no_window(metrics: Metrics) -> None:
         _ledger.set_sample_window(1.0)
 
 
+def test_a_block_that_switches_reports_its_final_cpu(metrics: Metrics) -> None:
+    """sampled mode: a block that enters a nested context leaves CPU pending in the window at
+    its exit; its metrics still get all of it (the report reads the final figures)."""
+    logcontext.configure(clock="cpu", step_mode="sampled")
+    _ledger.set_sample_window(10_000)
+    try:
+        with LoggingContext("req"), Measure("nested"):
+            current_context().record_event_fetch(1)  # the block has figures before its CPU
+            with LoggingContext("inner", parent_context=current_context()):
+                end = time.thread_time() + 0.001
+                while time.thread_time() < end:
+                    pass
+            end = time.thread_time() + 0.001
+            while time.thread_time() < end:
+                pass
+        v = values(metrics)
+        assert v[("logcontext_block_ru_utime_seconds_total", "nested")] >= 0.0019
+        assert v[("logcontext_block_evt_db_fetch_count_total", "nested")] == 1
+    finally:
+        _ledger.set_sample_window(1.0)
+
+
 def test_in_flight_gauges(metrics: Metrics) -> None:
     """While a block runs it shows in the in-flight gauges; afterwards it does not."""
     with LoggingContext("req"), Measure("slow"):

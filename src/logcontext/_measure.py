@@ -101,16 +101,20 @@ class Measure:
         if self._span_cm is not None:
             cm, self._span_cm = self._span_cm, None
             cm.__exit__(exc_type, exc, tb)
-        _exit_measured_child(ctx, exc_type, exc, tb)  # ``ctx.__exit__`` unless it was measured
+        figures = _exit_measured_child(ctx, exc_type, exc, tb)  # else ``ctx.__exit__``
         b = self._block
         if b is None:
             return
         duration = _monotonic() - self.start
         self._block = None
         b.in_flight.discard(self)
-        # An interrupted block's exit leaves its CPU pending while the sampling window is
-        # young: get_resource_usage() closes the window on this thread, so the figures are final.
-        b.add(duration, ctx.get_resource_usage())
+        u = ctx._u
+        if figures is None or u is None:
+            # An interrupted block's exit leaves its CPU pending while the sampling window is
+            # young: get_resource_usage() closes the window on this thread (final figures).
+            u = ctx.get_resource_usage()
+        # else measured: its own usage holds the final figures (read, not kept)
+        b.add(duration, u)
 
     def get_resource_usage(self) -> Any:
         """The block's usage so far (zeros before it was entered)."""
