@@ -886,25 +886,6 @@ def _bad_options(options: Mapping[str, object]) -> TypeError:
 _new_object: Final = object.__new__
 
 
-def _plain_scope(name: str, record_usage: Any) -> _SpanScope:
-    """``_SpanScope(name, None, (), None, "internal", False, record_usage, True)``, cheaper.
-
-    A plain scope (a child of the active span, no options but ``record_usage``) leaves the
-    option slots unset: ``__enter__`` reads none of them when ``_plain`` is true.
-    """
-    scope: _SpanScope = _new_object(_SpanScope)
-    scope._name = name
-    scope._plain = True
-    scope.span = None
-    scope._marker = None
-    scope._token = None
-    scope._child = None
-    scope._want_usage = record_usage
-    scope._end_on_exit = True
-    scope._preserve = False
-    return scope
-
-
 def start_span(name: str, **options: Unpack[SpanOptions]) -> Any:
     """Start a span and make it active for a ``with`` block; returns a context manager.
 
@@ -923,10 +904,20 @@ def start_span(name: str, **options: Unpack[SpanOptions]) -> Any:
         return NULL_SCOPE
     if not isinstance(name, str):
         raise TypeError(f"start_span: name must be a str, not {name!r}")
-    if not options:
-        return _plain_scope(name, True)
-    if len(options) == 1 and "record_usage" in options:  # the usual option, alone
-        return _plain_scope(name, options["record_usage"])
+    if not options or (len(options) == 1 and "record_usage" in options):
+        # A plain scope (a child of the active span; at most ``record_usage``) leaves the
+        # option slots unset: ``__enter__`` reads none of them when ``_plain`` is true.
+        scope: _SpanScope = _new_object(_SpanScope)
+        scope._name = name
+        scope._plain = True
+        scope.span = None
+        scope._marker = None
+        scope._token = None
+        scope._child = None
+        scope._want_usage = options["record_usage"] if options else True
+        scope._end_on_exit = True
+        scope._preserve = False
+        return scope
     if not _OPTION_NAMES.issuperset(options):
         raise _bad_options(options)
     kind = options.get("kind", "internal")

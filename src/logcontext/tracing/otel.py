@@ -209,6 +209,7 @@ class OtelSpan(BackendSpan):
         self.raw.end()
 
 
+_new_span: Final = object.__new__
 _cv_runtime: bool | None = None
 #: OTel's own ``ContextVar`` under its default runtime (else None): ``attach`` is its ``set``.
 _cv_var: ContextVar[context.Context] | None = None
@@ -394,7 +395,13 @@ class OtelBackend(Backend):
             record_exception=False,
             set_status_on_exception=False,
         )
-        span = OtelSpan(raw, cur)
+        # ``OtelSpan(raw, cur)`` without the ``__init__`` frame (the per-span path)
+        span = _new_span(OtelSpan)
+        span.raw = raw
+        span.forced = False
+        span._ended = False
+        span._start_ctx = cur
+        span.forced_known = False
         try:
             var = _cv_var
             if var is not None:  # OTel's contextvars runtime: its attach is this set
