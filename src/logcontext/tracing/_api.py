@@ -60,8 +60,9 @@ _allowlist: tuple[re.Pattern[str], ...] = ()
 _force_for: frozenset[str] = frozenset()
 _state_lock = threading.Lock()
 
-#: Our scope marker: each scope sets it and resets it first on exit, so a foreign ``Context`` is
-#: detected before any backend token is touched.
+#: Our scope marker: a scope sets it and resets it first on exit, so a foreign ``Context`` is
+#: detected before any backend token is touched. Not used under a marker-free backend
+#: (``Backend.marker_free``), whose plain token the scope resets first instead.
 _SCOPE: ContextVar[_ScopeBase | None] = ContextVar("logcontext_tracing_scope", default=None)
 #: A scope's marker under a marker-free backend (``Backend.marker_free``): entered, no token.
 _ENTERED: Final[Any] = object()
