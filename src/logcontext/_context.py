@@ -741,7 +741,7 @@ def child_context(parent: LoggingContext) -> LoggingContext:
     """
     ctx: LoggingContext = _new_object(LoggingContext)
     ctx.name = parent.name
-    ctx._ancestors = (parent, *parent._ancestors)
+    ctx._ancestors = (parent,) + parent._ancestors  # noqa: RUF005  # faster: no unpacking
     ctx.finished = False
     ctx._token = None
     ctx._u = None
@@ -764,7 +764,7 @@ def enter_measured_child(parent: LoggingContext) -> LoggingContext:
     """
     ctx: LoggingContext = _new_object(LoggingContext)
     ctx.name = parent.name
-    ctx._ancestors = (parent, *parent._ancestors)
+    ctx._ancestors = (parent,) + parent._ancestors  # noqa: RUF005  # faster: no unpacking
     ctx.finished = False
     ctx._u = None
     ctx._extra = None
