@@ -158,9 +158,14 @@ def _ours(provider: TracerProvider, n: int, *, in_context: bool, record_usage: b
         ctx.__enter__()
     try:
         t = pc()
-        for _ in range(n):
-            with start_span("x", record_usage=record_usage):
-                pass
+        if record_usage:  # the documented candidate: ``with start_span("x")`` (the default)
+            for _ in range(n):
+                with start_span("x"):
+                    pass
+        else:
+            for _ in range(n):
+                with start_span("x", record_usage=False):
+                    pass
         return pc() - t
     finally:
         if in_context:
