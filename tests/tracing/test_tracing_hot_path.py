@@ -82,7 +82,7 @@ def test_activation_failure_still_ends_the_span(
 
     # Both activation routes: OTel's ``attach``, and the Context our direct one would set.
     monkeypatch.setattr(otel_context, "attach", broken)
-    monkeypatch.setattr(lt_otel, "_with_span", broken)
+    monkeypatch.setattr(lt_otel, "_OtelContext", broken)
     with caplog.at_level(logging.WARNING, logger="logcontext.tracing"):
         for _ in range(2):
             with LoggingContext("req"), lt.start_span("x") as span:

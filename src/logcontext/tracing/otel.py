@@ -127,7 +127,10 @@ class OtelSpan(BackendSpan):
         return SpanContext(sc.trace_id, sc.span_id, sc.trace_flags.sampled, self.forced, sc)
 
     def is_recording(self) -> bool:
-        return self.raw.is_recording() is True  # OTel's API returns a bool
+        raw = self.raw
+        if type(raw) is _direct_type:  # the SDK's span (see ``_probe_direct``): until it ends
+            return raw._end_time is None
+        return raw.is_recording() is True  # OTel's API returns a bool
 
     def set_attribute(self, key: str, value: AttributeValue) -> None:
         self.raw.set_attribute(key, value)
@@ -210,6 +213,7 @@ class OtelSpan(BackendSpan):
 
 
 _new_span: Final = object.__new__
+_OtelContext: Final = context.Context
 _cv_runtime: bool | None = None
 #: OTel's own ``ContextVar`` under its default runtime (else None): ``attach`` is its ``set``.
 _cv_var: ContextVar[context.Context] | None = None
@@ -263,7 +267,7 @@ def _with_span(cur: context.Context, raw: Any, span: OtelSpan) -> context.Contex
     values = dict(cur)
     values[key] = raw
     values[_WRAP_KEY] = span
-    return context.Context(values)
+    return _OtelContext(values)
 
 
 def _to_otel_context(parent: SpanContext) -> context.Context:
@@ -385,16 +389,13 @@ class OtelBackend(Backend):
         self, name: str, attributes: Mapping[str, AttributeValue] | None, kind: str
     ) -> tuple[BackendSpan, object]:
         # One read of the current Context serves the SDK (parent, sampler, processors), the
-        # activation and the forced-tracing lookup; passing it equals passing None.
-        cur = context.get_current()
-        raw = self.tracer.start_span(
-            name,
-            cur,
-            _KINDS[kind],
-            attributes,
-            record_exception=False,
-            set_status_on_exception=False,
-        )
+        # activation and the forced-tracing lookup; passing it equals passing None. Under
+        # OTel's contextvars runtime ``get_current`` is its variable's ``get``, ``attach`` its
+        # ``set``. The API's ``start_span`` parameters, in their order: name, context, kind,
+        # attributes, links, start_time, record_exception, set_status_on_exception.
+        var = _cv_var
+        cur = context.get_current() if var is None else var.get()
+        raw = self.tracer.start_span(name, cur, _KINDS[kind], attributes, (), None, False, False)
         # ``OtelSpan(raw, cur)`` without the ``__init__`` frame (the per-span path)
         span = _new_span(OtelSpan)
         span.raw = raw
@@ -403,10 +404,16 @@ class OtelBackend(Backend):
         span._start_ctx = cur
         span.forced_known = False
         try:
-            var = _cv_var
-            if var is not None:  # OTel's contextvars runtime: its attach is this set
-                return span, var.set(_with_span(cur, raw, span))
-            return span, context.attach(trace.set_span_in_context(raw, cur))
+            if var is None:
+                return span, context.attach(trace.set_span_in_context(raw, cur))
+            key = _span_key
+            if key is None:
+                return span, var.set(trace.set_span_in_context(raw, cur))
+            # ``_with_span``, inlined: OTel's span and our wrapper, one copy of the Context
+            values = dict(cur)
+            values[key] = raw
+            values[_WRAP_KEY] = span
+            return span, var.set(_OtelContext(values))
         except Exception:
             return span, ACTIVATE_FAILED
 
