@@ -406,14 +406,7 @@ class OtelBackend(Backend):
         try:
             if var is None:
                 return span, context.attach(trace.set_span_in_context(raw, cur))
-            key = _span_key
-            if key is None:
-                return span, var.set(trace.set_span_in_context(raw, cur))
-            # ``_with_span``, inlined: OTel's span and our wrapper, one copy of the Context
-            values = dict(cur)
-            values[key] = raw
-            values[_WRAP_KEY] = span
-            return span, var.set(_OtelContext(values))
+            return span, var.set(_with_span(cur, raw, span))
         except Exception:
             return span, ACTIVATE_FAILED
 
