@@ -14,6 +14,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import logcontext
 from logcontext import LoggingContext, PreserveLoggingContext, _ledger, _usage, aio
@@ -265,6 +267,20 @@ def test_an_armed_blocks_cpu_is_taken_out_of_its_window(sampled: None) -> None:
     assert 0.0019 <= own <= led.last_u * 1e-9 - clock0 * 1e-9 - 0.0019
 
 
+def test_an_armed_root_on_a_fresh_window_excludes_earlier_unmetered_cpu(sampled: None) -> None:
+    """A context armed on a window with no metered share (a request entered on an idle thread)
+    closes that window first: the CPU burnt unmetered before it is not its share at its exit,
+    though it slept through the block."""
+    led = _settled()
+    _burn(0.003)  # unmetered: nothing charged
+    unattributed = led.unattributed_ns
+    c = _armed("c")
+    assert led.unattributed_ns - unattributed >= 2_900_000  # the close at the arm
+    time.sleep(0.005)
+    c.__exit__(None, None, None)
+    assert c._u is not None and c._u.ru_utime < 0.001
+
+
 def test_a_nested_context_in_an_armed_block_is_charged_as_usual(sampled: None) -> None:
     """A switch inside an armed block (here a nested context) disarms it: the block is charged
     through the window, and its CPU is counted once."""
@@ -504,3 +520,79 @@ def test_a_measured_child_on_a_thread_charging_nothing_is_measured_too(sampled: 
     assert isinstance(figures, tuple) and figures[0] >= 0.0019
     assert pend == {}
     assert p.get_resource_usage().ru_utime >= figures[0]
+
+
+def test_a_measured_child_that_blocks_gets_what_its_parent_leaves(sampled: None) -> None:
+    """One reading at the exit splits the window: a block that sleeps through most of the
+    window is served last, so it is not charged the CPU its parent burnt before it."""
+    _settled()
+    with LoggingContext("p") as p:
+        _burn(0.002)
+        c = enter_measured_child(p)
+        time.sleep(0.01)
+        figures = exit_measured_child(c)
+    assert figures is not None and figures[0] < 0.001
+    assert p.get_resource_usage().ru_utime - figures[0] >= 0.0019
+
+
+def test_a_measured_child_on_a_fresh_window_excludes_earlier_unmetered_cpu(sampled: None) -> None:
+    """A thread charging nothing with no metered share in its window (a worker between jobs)
+    closes the window at the enter: CPU it burnt unmetered before the block is not the block's,
+    even when the block sleeps (its wall time is no measure of its CPU)."""
+    out: list[object] = []
+
+    with LoggingContext("p") as p:
+
+        def work() -> None:
+            led = _ledger.get_ledger()
+            _burn(0.005)  # unmetered: nothing is charged on this thread
+            windows = _ledger.stats.windows
+            c = enter_measured_child(p)
+            out.append(_ledger.stats.windows - windows)
+            time.sleep(0.005)
+            out.append(exit_measured_child(c))
+            out.append(led.unattributed_ns)
+
+        t = threading.Thread(target=work)
+        t.start()
+        t.join()
+    closed, figures, unattributed = out
+    assert closed == 1
+    assert isinstance(figures, tuple) and figures[0] < 0.001
+    assert isinstance(unattributed, int) and unattributed >= 4_900_000
+
+
+@given(
+    k=st.integers(0, 10**7),
+    others=st.lists(st.integers(0, 10**7), max_size=3),
+    idle=st.integers(0, 10**7),
+    c=st.integers(-1000, 4 * 10**7),
+)
+@settings(max_examples=300, deadline=None)
+def test_armed_share_is_what_a_window_close_would_give_the_block(
+    k: int, others: list[int], idle: int, c: int
+) -> None:
+    """``armed_share`` (one reading at an armed block's exit) gives the block what closing the
+    window there would: checked against ``close_window`` on a ledger with a scripted clock
+    (within the close's rounding, one ns per other share)."""
+    root = LoggingContext("root")
+    block = LoggingContext("block", parent_context=root)
+    shares = [LoggingContext(f"o{i}", parent_context=root) for i in range(len(others))]
+    span = k + sum(others) + idle
+    led = _ledger.Ledger()
+    led.fast = 2
+    led.flags_gen = logcontext.clock._generation
+    led.cpuclk = lambda: c
+    led.last_u = led.taken = 0
+    led.wopen, led.window_ns = 0, 10**12
+    for ctx, w in zip(shares, others, strict=True):
+        led.pend[ctx] += w
+    led.pend[block] += k
+    try:
+        items = _ledger.close_window(led, span, block, k)
+    finally:
+        led.attributed_ns = led.unattributed_ns = 0  # folded into the thread's totals when freed
+    by_close = sum(u + s for ctx, u, s in items if ctx is block)
+    share = _ledger.armed_share(k, c, sum(others), span)
+    assert 0 <= share <= k
+    assert abs(share - by_close) <= len(others)

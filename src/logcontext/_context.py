@@ -755,12 +755,12 @@ Figures = tuple[float, float, int, float, float, int]
 
 
 def enter_measured_child(parent: LoggingContext) -> LoggingContext:
-    """Build and enter a child of ``parent``, armed to be measured exactly.
+    """Build and enter a child of ``parent``, armed to be measured.
 
     The same as ``c = child_context(parent); c.__enter__(); _ledger.arm_exact(c)``; the
     ``sampled`` mode's usual cases (the thread charges ``parent`` or no context; the real
-    clocks) take one inlined step: the switch and the thread-clock reading that
-    :func:`exit_measured_child` subtracts from its own.
+    clocks) take one inlined step. No thread-clock reading here when the window holds
+    ``parent``'s share: :func:`exit_measured_child` makes the block's figures final with one.
     """
     ctx = child_context(parent)
     try:
@@ -788,11 +788,11 @@ def enter_measured_child(parent: LoggingContext) -> LoggingContext:
                 _ledger.close_window(led, now, parent, d)
         else:
             led.wlast = now
-            if now >= led.wdl:
+            if now >= led.wdl or not led.pend:
+                # A window with no metered share holds only unmetered CPU: start afresh.
                 _ledger.close_window(led, now)
         led.fin = ctx
         led.fin_mark = now
-        led.fin_t0 = led.cpuclk()
         return ctx
     ctx.__enter__()
     _ledger.arm_exact(ctx)
@@ -807,9 +807,10 @@ def exit_measured_child(
 ) -> Figures | None:
     """Exit a context entered by :func:`enter_measured_child`; its final figures if known.
 
-    When nothing switched on the thread during the block (``sampled`` mode), the block's
-    thread-clock delta is charged here (as ``_charge_ns`` charges: the context and its
-    ancestors) and the figures are returned, read under the same lock as the charge.
+    When nothing switched on the thread during the block (``sampled`` mode), the block's share
+    of the window's CPU (``_ledger.armed_share``: one thread-clock reading) is charged here (as
+    ``_charge_ns`` charges: the context and its ancestors) and taken out of the window, and the
+    figures are returned, read under the same lock as the charge.
     Otherwise this is ``ctx.__exit__`` and returns None (read them with ``get_resource_usage()``).
     """
     token = ctx._token
@@ -833,14 +834,24 @@ def exit_measured_child(
         except (ValueError, RuntimeError):
             pass  # a foreign Context: the generic exit below reports it
         else:
-            cpu = led.cpuclk() - led.fin_t0
             now = _perf_ns()
+            k = now - led.fin_mark
+            c = led.cpuclk() - led.last_u - led.taken
+            pend = led.pend
+            # ``_ledger.armed_share`` inlined: what closing the window now would give the block
+            wo = sum(pend.values()) if pend else 0
+            if c >= wo + k:
+                cpu = k
+            elif c <= 0:
+                cpu = 0
+            elif 2 * k > now - led.wopen:
+                cpu = c - wo if c > wo else 0
+            else:
+                cpu = c * k // (wo + k)
             ctx._token = False
             led.fin = None
             led.charged = _var_get()
             led.wlast = now
-            if cpu < 0:
-                cpu = _ledger._regression(cpu, 0)[0]
             led.taken += cpu
             led.attributed_ns += cpu
             # Not added to ``led.ran`` (``_ledger.charge_armed``): uninterrupted, the block

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Ledger",
     "arm_exact",
+    "armed_share",
     "charge_armed",
     "checkpoint",
     "get_ledger",
@@ -126,7 +127,6 @@ class Ledger:
         "fgen",
         "fin",
         "fin_mark",
-        "fin_t0",
         "flags_gen",
         "ident",
         "last_s",
@@ -171,7 +171,7 @@ class Ledger:
         self.wall = _wall
         self.wlast = self.wopen = self.wdl = 0
         self.fin: Any = None
-        self.fin_mark = self.fin_t0 = self.taken = 0
+        self.fin_mark = self.taken = 0
         self.flags_gen = self.fgen = self.sgen = self.mgen = -1
         self.mode_generation = _clock._generation
         r = _clock._reader()
@@ -428,48 +428,79 @@ def switch(led: Ledger, new: Any) -> None:
 
 
 def arm_exact(ctx: Any) -> None:
-    """Measure ``ctx``, just entered and charged on this thread, exactly until it exits.
+    """Measure ``ctx``, just entered and charged on this thread, until it exits.
 
     For blocks whose figures are read at their exit (span children, ``Measure`` blocks,
     contexts that own a recording span, the database worker's transaction contexts): if no
     switch happens on this thread before ``ctx`` exits, its exit charges the block's CPU at once
-    (``sampled``: a thread-clock pair around the block; ``exact``/``lazy``: the last
-    interval) instead of leaving it pending in the window, so reading its usage right
-    after needs no window close. A block that switches (awaits, enters a nested context)
-    is charged as usual.
+    instead of leaving it pending in the window, so reading its usage right after needs no
+    window close. ``exact``/``lazy``: the last interval, exact. ``sampled``: the share of the
+    window's CPU that closing the window at the exit would give the block (:func:`armed_share`,
+    one thread-clock read at the exit); a window holding no metered share yet is closed here
+    first, so the block's share is not mixed with unmetered CPU (a worker thread's idle
+    overhead). A block that switches (awaits, enters a nested context) is charged as usual.
     """
     try:
         led = _local.ledger
     except AttributeError:
         return
     if led.charged is not ctx or led.flags_gen != _clock._generation or led.fin is ctx:
-        return  # (armed already: the first arm's reading stands)
+        return  # (armed already: the first arm's mark stands)
     fast = led.fast
     if fast == 2:
-        clk = led.cpuclk
-        # Only with the real wall clock: the test below relies on two switches never
-        # reading the same wall time.
-        if clk is None or led.wall is not time.perf_counter_ns:
+        # Only with the real clocks: the test below relies on two switches never reading
+        # the same wall time.
+        if led.cpuclk is None or led.wall is not time.perf_counter_ns:
             return
+        if not led.pend:
+            now = led.wall()
+            led.pend[ctx] += now - led.wlast
+            led.wlast = now
+            close_window(led, now)
         led.fin_mark = led.wlast
-        led.fin_t0 = clk()
     elif fast != 1:
         return
     led.fin = ctx
+
+
+def armed_share(k: int, c: int, wo: int, span: int) -> int:
+    """The CPU of an uninterrupted armed block (``sampled``) that exits now.
+
+    ``k`` is the block's wall time, ``c`` the window's CPU so far (the thread clock's advance
+    since the window opened, less what earlier armed blocks took), ``wo`` the other pending
+    shares (wall), ``span`` the window's age. The block gets what :func:`close_window` would give
+    its share if the window closed now: its wall time when the window's CPU covers every share;
+    otherwise, if the block spans most of the window (it probably blocked or was preempted),
+    what the other shares leave, else its proportion of the CPU.
+    (``_context.exit_measured_child`` inlines it: keep them in step.)
+    """
+    w = wo + k
+    if c >= w:
+        return k
+    if c <= 0:
+        return 0
+    if 2 * k > span:
+        return c - wo if c > wo else 0
+    return c * k // w
 
 
 def finish_exact_sampled(led: Ledger, ctx: Any, now: int) -> None:
     """The ``sampled`` exit of an armed context (see :func:`arm_exact`); ``ctx`` was charged.
 
     The caller has made the restored context charged from ``now``. Uninterrupted (no
-    switch since the enter: ``wlast`` unchanged), the block's thread-clock delta is charged
-    now and taken out of the window's CPU; otherwise the exit is the usual one.
+    switch since the arm: ``wlast`` unchanged), the block's share of the window's CPU
+    (:func:`armed_share`) is charged now and taken out of the window; otherwise the exit is
+    the usual one.
     """
     led.fin = None
     if led.wlast == led.fin_mark and led.cpuclk is not None:
-        cpu = led.cpuclk() - led.fin_t0
-        if cpu < 0:
-            cpu = _regression(cpu, 0)[0]
+        pend = led.pend
+        cpu = armed_share(
+            now - led.wlast,
+            led.cpuclk() - led.last_u - led.taken,
+            sum(pend.values()) if pend else 0,
+            now - led.wopen,
+        )
         led.wlast = now
         led.taken += cpu
         charge_armed(led, ctx, cpu)
