@@ -264,7 +264,13 @@ def _figures_attributes(ctx: LoggingContext, figures: Figures) -> dict[str, Attr
     mode = _cfg.clock_mode
     x = ctx._extra
     a = ctx._ancestors
-    server = a[0].server_name if x is None and a else ctx.server_name  # a child reads its parent's
+    if x is None and a:
+        # A child reads its parent's (``LoggingContext.server_name``; the usual span child's
+        # parent is a root without its own fields: the configured default).
+        p = a[0]
+        server = _cfg.default_server_name if p._extra is None and not p._ancestors else p.server_name
+    else:
+        server = ctx.server_name
     if type(server) is not str:
         server = str(server)
     attrs: dict[str, AttributeValue]

@@ -151,7 +151,9 @@ class OtelSpan(BackendSpan):
                 # ``_store_usage``'s direct store, inlined (the per-span path). Every writer of
                 # the attributes holds the span's lock; a reader's copy cannot interleave with
                 # one ``dict.update`` from a dict of ``str`` keys.
-                with raw._lock:
+                lock = raw._lock
+                lock.acquire()  # not ``with``: half the cost in 3.11 (the per-span path)
+                try:
                     attrs = raw._attributes
                     if (
                         raw._end_time is None
@@ -162,6 +164,8 @@ class OtelSpan(BackendSpan):
                     ):
                         attrs._dict.update(attributes)
                         attributes = {}
+                finally:
+                    lock.release()
             if attributes and not self._store_usage(attributes) and raw.is_recording():
                 raw.set_attributes(attributes)
         finally:
