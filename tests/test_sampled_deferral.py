@@ -596,3 +596,18 @@ def test_armed_share_is_what_a_window_close_would_give_the_block(
     share = _ledger.armed_share(k, c, sum(others), span)
     assert 0 <= share <= k
     assert abs(share - by_close) <= len(others)
+
+
+def test_a_measured_child_is_built_as_child_context_builds_it(sampled: None) -> None:
+    """``enter_measured_child`` inlines ``child_context``: the two build the same object (every
+    slot equal but the token the enter sets)."""
+    from logcontext._context import child_context
+
+    with LoggingContext("p", server_name="hs") as p:
+        c = enter_measured_child(p)
+        built = child_context(p)
+        slots = [n for k in type(c).__mro__ for n in getattr(k, "__slots__", ()) if n != "_token"]
+        assert slots
+        for name in slots:
+            assert getattr(c, name, "unset") == getattr(built, name, "unset"), name
+        exit_measured_child(c)
