@@ -10,11 +10,13 @@ Step modes ``exact`` and ``lazy`` read the configured clock at each switch.
 ``sampled`` (``cpu``/``rusage`` clocks) reads only ``perf_counter_ns`` at a
 switch, adding the wall delta to the outgoing context's *pending share* of the
 current window; the thread clock is read when the window closes (a checkpoint
-at least ``window_ns`` after it opened, a switch away from a context that is
-exiting, ``get_resource_usage()``), and the window's CPU advance ``C`` is
-split: the metered wall time ``W`` gets ``min(W, C)`` in proportion to each
-share, the rest is unattributed. Under the ``wall`` clock ``sampled`` behaves
-as ``exact`` (the clock is already the cheap one).
+at least ``window_ns`` after it opened, ``get_resource_usage()``, the settle
+points), and the window's CPU advance ``C`` is split: the metered wall time
+``W`` gets ``min(W, C)`` in proportion to each share, the rest is
+unattributed. An armed block (:func:`arm_exact`) that exits without a switch
+reads it once more and takes, alone, the share a close would give it. Under
+the ``wall`` clock ``sampled`` behaves as ``exact`` (the clock is already the
+cheap one).
 """
 
 from __future__ import annotations
