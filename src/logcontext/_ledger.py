@@ -649,7 +649,7 @@ def close_window(led: Ledger, now: int, last: Any = None, d_last: int = 0) -> li
             du = _regression(du, 0)[0]
         taken = led.taken
         if taken:
-            # CPU of armed blocks, charged exactly at their exit (see ``arm_exact``).
+            # CPU of armed blocks, charged at their exit (see ``arm_exact``).
             led.taken = 0
             du = du - taken if du > taken else 0
     else:
