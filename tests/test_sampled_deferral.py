@@ -611,3 +611,83 @@ def test_a_measured_child_is_built_as_child_context_builds_it(sampled: None) -> 
         for name in slots:
             assert getattr(c, name, "unset") == getattr(built, name, "unset"), name
         exit_measured_child(c)
+
+
+def test_a_lossy_window_makes_measured_children_use_a_clock_pair(sampled: None) -> None:
+    """A window whose CPU fell well short of its metered wall time (here the parent slept, as a
+    GIL wait would look) switches the thread to clock pairs: a child after a parent that slept
+    in its window is charged its own CPU, not a proportion of the window's."""
+    led = _settled()
+    with LoggingContext("p") as p:
+        time.sleep(0.005)
+        p.get_resource_usage()  # closes the window: 5 ms metered, almost no CPU
+        assert led.pair
+        time.sleep(0.003)  # in the new window, before the block
+        c = enter_measured_child(p)
+        assert led.fin_t0 >= 0
+        _burn(0.001)
+        figures = exit_measured_child(c)
+    assert figures is not None and 0.0009 <= figures[0] < 0.002
+
+
+def test_a_clean_window_close_returns_to_one_reading(sampled: None) -> None:
+    """Once a window closes with its CPU covering its metered wall time, blocks are measured
+    with one reading at their exit again."""
+    led = _settled()
+    with LoggingContext("p") as p:
+        time.sleep(0.005)
+        p.get_resource_usage()
+        assert led.pair
+        _burn(0.002)
+        p.get_resource_usage()
+        assert not led.pair
+        c = enter_measured_child(p)
+        assert led.fin_t0 == -1
+        exit_measured_child(c)
+
+
+def test_a_lossy_share_at_a_measured_childs_exit_switches_to_pairs(sampled: None) -> None:
+    """A one-reading exit that finds the window's CPU well short of its wall time charges the
+    window's proportion (the documented drift) and measures the following blocks by pairs."""
+    led = _settled()
+    with LoggingContext("p") as p:
+        time.sleep(0.003)
+        c = enter_measured_child(p)
+        assert led.fin_t0 == -1 and not led.pair
+        _burn(0.001)
+        figures = exit_measured_child(c)
+        assert led.pair
+        assert figures is not None and figures[0] < 0.0009  # a proportion of the window's CPU
+        c2 = enter_measured_child(p)
+        assert led.fin_t0 >= 0
+        exit_measured_child(c2)
+
+
+@pytest.mark.parametrize(
+    ("wall", "cpu", "lossy"),
+    [
+        (1_000_000, 960_000, False),  # 4 % short
+        (1_000_000, 940_000, True),  # 6 % short
+        (200_000, 180_000, False),  # 10 % short but only 20 us: clock offsets, not waits
+        (300_000, 270_000, True),
+        (1_000_000, 1_200_000, False),  # unmetered CPU in the window
+    ],
+)
+def test_lossy_needs_five_percent_and_twenty_microseconds(wall: int, cpu: int, lossy: bool) -> None:
+    """A window is lossy when its CPU is short of the metered wall time by > 5 % and > 20 us."""
+    assert _ledger._lossy(wall, cpu) is lossy
+
+
+def test_an_armed_context_after_a_lossy_window_is_measured_by_a_pair(sampled: None) -> None:
+    """The generic arm (contexts that own a span) follows the same rule as measured children."""
+    led = _settled()
+    with LoggingContext("p") as p:
+        time.sleep(0.005)
+        p.get_resource_usage()
+        assert led.pair
+        time.sleep(0.003)
+        c = _armed("c", p)
+        assert led.fin_t0 >= 0
+        _burn(0.001)
+        c.__exit__(None, None, None)
+        assert c._u is not None and 0.0009 <= c._u.ru_utime < 0.002

@@ -793,11 +793,18 @@ def enter_measured_child(parent: LoggingContext) -> LoggingContext:
             led.wlast = now
             if now >= led.wdl:
                 _ledger.close_window(led, now, parent, d)
+                led.fin_t0 = -1  # a fresh window: one reading at the exit is exact
+            else:
+                # A thread whose CPU fell well short of its wall time: a clock pair, exact.
+                led.fin_t0 = led.cpuclk() if led.pair else -1
         else:
             led.wlast = now
             if now >= led.wdl or not led.pend:
-                # A window with no metered share holds only unmetered CPU: start afresh.
+                # (A window with no metered share holds only unmetered CPU: start afresh.)
                 _ledger.close_window(led, now)
+                led.fin_t0 = -1
+            else:
+                led.fin_t0 = led.cpuclk() if led.pair else -1
         led.fin = ctx
         led.fin_mark = now
         return ctx
@@ -842,19 +849,29 @@ def exit_measured_child(
             pass  # a foreign Context: the generic exit below reports it
         else:
             now = _perf_ns()
-            k = now - led.fin_mark
-            c = led.cpuclk() - led.last_u - led.taken
-            pend = led.pend
-            # ``_ledger.armed_share`` inlined: what closing the window now would give the block
-            wo = sum(pend.values()) if pend else 0
-            if c >= wo + k:
-                cpu = k
-            elif c <= 0:
-                cpu = 0
-            elif 2 * k > now - led.wopen:
-                cpu = c - wo if c > wo else 0
+            t0 = led.fin_t0
+            if t0 < 0:
+                k = now - led.fin_mark
+                c = led.cpuclk() - led.last_u - led.taken
+                pend = led.pend
+                # ``_ledger.armed_share`` inlined: what closing the window now would give it
+                wo = sum(pend.values()) if pend else 0
+                if c >= wo + k:
+                    cpu = k
+                else:
+                    if wo + k - c > _ledger.LOSSY_MIN_NS and (wo + k - c) * 20 > wo + k:
+                        # ``_ledger._lossy``: CPU well short of the wall time, pairs from now on
+                        led.pair = True
+                    if c <= 0:
+                        cpu = 0
+                    elif 2 * k > now - led.wopen:
+                        cpu = c - wo if c > wo else 0
+                    else:
+                        cpu = c * k // (wo + k)
             else:
-                cpu = c * k // (wo + k)
+                cpu = led.cpuclk() - t0  # measured by a pair
+                if cpu < 0:
+                    cpu = _ledger._regression(cpu, 0)[0]
             ctx._token = False
             led.fin = None
             led.charged = _var_get()

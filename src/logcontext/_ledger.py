@@ -129,6 +129,7 @@ class Ledger:
         "fgen",
         "fin",
         "fin_mark",
+        "fin_t0",
         "flags_gen",
         "ident",
         "last_s",
@@ -136,6 +137,7 @@ class Ledger:
         "lat",
         "mgen",
         "mode_generation",
+        "pair",
         "pend",
         "ran",
         "sampled",
@@ -174,6 +176,8 @@ class Ledger:
         self.wlast = self.wopen = self.wdl = 0
         self.fin: Any = None
         self.fin_mark = self.taken = 0
+        self.fin_t0 = -1
+        self.pair = False
         self.flags_gen = self.fgen = self.sgen = self.mgen = -1
         self.mode_generation = _clock._generation
         r = _clock._reader()
@@ -234,6 +238,7 @@ def _reconfigure(led: Ledger) -> None:
     led.lat.clear()
     led.fin = None
     led.taken = 0
+    led.pair = False
     led.ran.clear()
     led.flags_gen = gen = _clock._generation
     mode = config.step_mode
@@ -440,7 +445,10 @@ def arm_exact(ctx: Any) -> None:
     window's CPU that closing the window at the exit would give the block (:func:`armed_share`,
     one thread-clock read at the exit); a window holding no metered share yet is closed here
     first, so the block's share is not mixed with unmetered CPU (a worker thread's idle
-    overhead). A block that switches (awaits, enters a nested context) is charged as usual.
+    overhead). While the thread's windows show CPU well short of their metered wall time
+    (``pair``: GIL waits, preemption, blocking calls), a share could be far off: the block is
+    measured by a thread-clock pair instead, exactly. A block that switches (awaits, enters a
+    nested context) is charged as usual.
     """
     try:
         led = _local.ledger
@@ -459,6 +467,9 @@ def arm_exact(ctx: Any) -> None:
             led.pend[ctx] += now - led.wlast
             led.wlast = now
             close_window(led, now)
+            led.fin_t0 = -1  # the window holds only the block: one reading at the exit is exact
+        else:
+            led.fin_t0 = led.cpuclk() if led.pair else -1
         led.fin_mark = led.wlast
     elif fast != 1:
         return
@@ -486,6 +497,19 @@ def armed_share(k: int, c: int, wo: int, span: int) -> int:
     return c * k // w
 
 
+#: A window's CPU short of its metered wall time by more than this many ns *and* by more than
+#: 5 % is *lossy* (GIL waits, preemption, blocking calls): shares of it can be far off, so armed
+#: blocks are measured by a thread-clock pair (``Ledger.pair``). The absolute floor keeps the
+#: offset between the two clocks' readings (≈ 1 µs) from flagging short windows.
+LOSSY_MIN_NS = 20_000
+
+
+def _lossy(wall: int, cpu: int) -> bool:
+    """Whether ``cpu`` falls short of the metered ``wall`` enough to distrust its shares."""
+    short = wall - cpu
+    return short > LOSSY_MIN_NS and short * 20 > wall
+
+
 def finish_exact_sampled(led: Ledger, ctx: Any, now: int) -> None:
     """The ``sampled`` exit of an armed context (see :func:`arm_exact`); ``ctx`` was charged.
 
@@ -496,13 +520,18 @@ def finish_exact_sampled(led: Ledger, ctx: Any, now: int) -> None:
     """
     led.fin = None
     if led.wlast == led.fin_mark and led.cpuclk is not None:
-        pend = led.pend
-        cpu = armed_share(
-            now - led.wlast,
-            led.cpuclk() - led.last_u - led.taken,
-            sum(pend.values()) if pend else 0,
-            now - led.wopen,
-        )
+        if led.fin_t0 >= 0:
+            cpu = led.cpuclk() - led.fin_t0  # measured by a pair (see ``arm_exact``)
+            if cpu < 0:
+                cpu = _regression(cpu, 0)[0]
+        else:
+            pend = led.pend
+            k = now - led.wlast
+            c = led.cpuclk() - led.last_u - led.taken
+            wo = sum(pend.values()) if pend else 0
+            cpu = armed_share(k, c, wo, now - led.wopen)
+            if _lossy(wo + k, c):
+                led.pair = True  # CPU well short of the wall time: pairs from now on
         led.wlast = now
         led.taken += cpu
         charge_armed(led, ctx, cpu)
@@ -671,6 +700,7 @@ def close_window(led: Ledger, now: int, last: Any = None, d_last: int = 0) -> li
         # One context in the window (a with-block, a lone request): no apportioning.
         ((ctx, w),) = pend.items()
         pend.clear()
+        led.pair = _lossy(w, cpu)
         a = w if w <= cpu else cpu
         if a < 0:
             a = 0
@@ -686,6 +716,8 @@ def close_window(led: Ledger, now: int, last: Any = None, d_last: int = 0) -> li
         held = d_last
         pend[last] -= d_last
     total = sum(pend.values())
+    # Armed blocks are measured by a thread-clock pair until a window closes clean again.
+    led.pair = _lossy(total + held, cpu)
     if cpu <= 0 or total + held <= 0:
         pend.clear()
         led.unattributed_ns += cpu
