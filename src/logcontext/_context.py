@@ -859,9 +859,8 @@ def exit_measured_child(
                 if c >= wo + k:
                     cpu = k
                 else:
-                    if wo + k - c > _ledger.LOSSY_MIN_NS and (wo + k - c) * 20 > wo + k:
-                        # ``_ledger._lossy``: CPU well short of the wall time, pairs from now on
-                        led.pair = True
+                    if _ledger._lossy(wo + k, c):
+                        led.pair = True  # CPU well short of the wall time: pairs from now on
                     if c <= 0:
                         cpu = 0
                     elif 2 * k > now - led.wopen:
