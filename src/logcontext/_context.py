@@ -793,18 +793,14 @@ def enter_measured_child(parent: LoggingContext) -> LoggingContext:
             led.wlast = now
             if now >= led.wdl:
                 _ledger.close_window(led, now, parent, d)
-                led.fin_t0 = -1  # a fresh window: one reading at the exit is exact
-            else:
-                # A thread whose CPU fell well short of its wall time: a clock pair, exact.
-                led.fin_t0 = led.cpuclk() if led.pair else -1
         else:
             led.wlast = now
             if now >= led.wdl or not led.pend:
                 # (A window with no metered share holds only unmetered CPU: start afresh.)
                 _ledger.close_window(led, now)
-                led.fin_t0 = -1
-            else:
-                led.fin_t0 = led.cpuclk() if led.pair else -1
+        # A clock pair (exact) on a thread whose CPU fell well short of its wall time; none in
+        # a fresh window (no pending share), where the exit's one reading is exact.
+        led.fin_t0 = led.cpuclk() if led.pair and led.pend else -1
         led.fin = ctx
         led.fin_mark = now
         return ctx

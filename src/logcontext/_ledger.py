@@ -467,9 +467,8 @@ def arm_exact(ctx: Any) -> None:
             led.pend[ctx] += now - led.wlast
             led.wlast = now
             close_window(led, now)
-            led.fin_t0 = -1  # the window holds only the block: one reading at the exit is exact
-        else:
-            led.fin_t0 = led.cpuclk() if led.pair else -1
+        # A pair after a lossy window; none in a fresh one (the exit's one reading is exact).
+        led.fin_t0 = led.cpuclk() if led.pair and led.pend else -1
         led.fin_mark = led.wlast
     elif fast != 1:
         return
